@@ -1,0 +1,157 @@
+"""Everything backend-specific, in one place.
+
+This is the only kbench module that imports ``jax``, ``tensorflow`` or ``torch``
+(always lazily, inside functions), so the rest of the package stays on
+``keras`` and ``keras.ops``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+
+import keras
+
+
+def name() -> str:
+    """The active Keras backend: ``"jax"``, ``"tensorflow"`` or ``"torch"``."""
+    return keras.backend.backend()
+
+
+def versions() -> dict[str, str]:
+    """Versions of python, keras, numpy, opencv and the active backend library."""
+    import cv2
+    import numpy as np
+
+    out = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+    b = name()
+    if b == "jax":
+        import jax
+        import jaxlib
+
+        out["jax"] = jax.__version__
+        out["jaxlib"] = jaxlib.__version__
+    elif b == "tensorflow":
+        import tensorflow as tf
+
+        out["tensorflow"] = tf.__version__
+    elif b == "torch":
+        import torch
+
+        out["torch"] = torch.__version__
+    return out
+
+
+def gpu_devices() -> list[str]:
+    """Names of the GPUs the active backend can use (empty list on a CPU-only machine)."""
+    b = name()
+    if b == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform == "gpu"]
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    if b == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
+
+
+def cpu_name() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (falls back to ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device() -> dict:
+    """Where the computation runs: ``{"type": "gpu"|"cpu", "name": str, "cores": int}``."""
+    gpus = gpu_devices()
+    if gpus:
+        return {"type": "gpu", "name": ", ".join(gpus), "count": len(gpus), "cpu": cpu_name(), "cores": os.cpu_count()}
+    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count()}
+
+
+def peak_host_memory_mb() -> float:
+    """Peak resident set size of this process in MiB (``ru_maxrss``, Linux: KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def peak_device_memory_mb() -> float | None:
+    """Peak memory allocated on the first GPU in MiB, or ``None`` without a GPU."""
+    if not gpu_devices():
+        return None
+    b = name()
+    try:
+        if b == "torch":
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20
+        if b == "tensorflow":
+            import tensorflow as tf
+
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        if b == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            return stats.get("peak_bytes_in_use", 0) / 2**20
+    except Exception:  # noqa: BLE001 - memory stats are best effort
+        return None
+    return None
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and the backend (``keras.utils.set_random_seed``).
+
+    With ``deterministic`` the backend is also asked for deterministic kernels
+    (TensorFlow op determinism, ``torch.use_deterministic_algorithms`` in warn-only
+    mode). JAX on CPU is deterministic already.
+    """
+    keras.utils.set_random_seed(seed)
+    if not deterministic:
+        return
+    b = name()
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif b == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def prepare_environment() -> None:
+    """Process-wide settings that must happen before the first computation.
+
+    TensorFlow: GPU memory growth instead of grabbing the whole card. (JAX's
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` is set in ``kbench/__init__`` because
+    it must precede the first ``import jax``.) Call once, early.
+    """
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")  # retracing notices when models change between phases
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:
+                pass

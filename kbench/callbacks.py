@@ -1,0 +1,204 @@
+"""Keras callbacks used by the trainer: rich progress bar, per-epoch metrics CSV
+with throughput, and a global step limit.
+
+All are plain ``keras.callbacks.Callback`` subclasses, so they work with
+``Model.fit/evaluate/predict`` on every backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+
+import keras
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+CSV_FIELDS = ["phase", "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy",
+              "learning_rate", "images_per_s", "epoch_time_s"]
+
+
+def current_lr(model: keras.Model) -> float:
+    """The optimizer's learning rate now, as a Python float."""
+    lr = model.optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr() if callable(lr) else lr))
+
+
+class RichProgressBar(keras.callbacks.Callback):
+    """A rich progress bar with ETA and live loss/accuracy for fit, evaluate and predict.
+
+    Prints one line per finished epoch (train and validation metrics).
+    """
+
+    def __init__(self, console: Console | None = None, description: str = ""):
+        super().__init__()
+        self.console = console or Console()
+        self.description = description
+        self._progress = None
+        self._task = None
+
+    def _start(self, label: str, total: int | None):
+        self._stop()
+        self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                                  TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+                                  console=self.console, transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(label, total=total, metrics="")
+
+    def _stop(self):
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _advance(self, logs):
+        if self._progress is None:
+            return
+        shown = {k: v for k, v in (logs or {}).items() if k in ("loss", "accuracy")}
+        text = "  ".join(f"{k} {float(v):.4f}" for k, v in shown.items())
+        self._progress.update(self._task, advance=1, metrics=text)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start(f"{self.description} epoch {epoch + 1}", self.params.get("steps"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._advance(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
+        logs = logs or {}
+        text = "  ".join(f"{k} {float(v):.4f}" for k, v in logs.items() if k != "learning_rate")
+        self.console.print(f"{self.description} epoch {epoch + 1}: {text}")
+
+    def on_test_begin(self, logs=None):
+        if self._progress is None:  # standalone evaluate(), not validation inside fit()
+            self._start(f"{self.description} evaluate", self.params.get("steps"))
+            self._own_test = True
+
+    def on_test_batch_end(self, batch, logs=None):
+        if getattr(self, "_own_test", False):
+            self._advance(logs)
+
+    def on_test_end(self, logs=None):
+        if getattr(self, "_own_test", False):
+            self._own_test = False
+            self._stop()
+
+    def on_predict_begin(self, logs=None):
+        self._start(f"{self.description}", self.params.get("steps"))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._advance(None)
+
+    def on_predict_end(self, logs=None):
+        self._stop()
+
+
+class ThroughputMeter(keras.callbacks.Callback):
+    """Times every training (or predict/test) batch on the host clock.
+
+    The first ``warmup`` batches of each ``fit`` call (tracing and compilation)
+    are excluded from :attr:`images` and :attr:`seconds`. Batch ends wait for the
+    step's loss, so asynchronous backends (JAX) are timed to completion.
+
+    Attributes:
+        images, seconds: totals after warm-up; ``images / seconds`` = images/s.
+        epoch_images, epoch_seconds: the same for the current epoch.
+        step_times: per-batch seconds after warm-up (for percentiles).
+        first_steps_s: seconds of the warm-up batches.
+    """
+
+    def __init__(self, batch_sizes: list[int], warmup: int = 2, global_step: int = 0):
+        super().__init__()
+        self.batch_sizes, self.warmup = batch_sizes, warmup
+        self.images, self.seconds, self.step_times, self.first_steps_s = 0, 0.0, [], 0.0
+        self.global_step = global_step
+        self.epoch_images, self.epoch_seconds = 0, 0.0
+
+    def _begin(self):
+        self._t0 = time.perf_counter()
+
+    def _end(self, batch, logs):
+        if logs and "loss" in logs:
+            float(logs["loss"])  # wait for the step to finish
+        dt = time.perf_counter() - self._t0
+        self._seen += 1
+        if self._seen <= self.warmup:
+            self.first_steps_s += dt
+            return
+        n = self.batch_sizes[batch] if batch < len(self.batch_sizes) else self.batch_sizes[0]
+        self.images += n
+        self.seconds += dt
+        self.epoch_images += n
+        self.epoch_seconds += dt
+        self.step_times.append(dt)
+
+    def on_train_begin(self, logs=None):
+        self._seen = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_images, self.epoch_seconds = 0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._end(batch, logs)
+        self.global_step += 1
+
+    on_predict_begin = on_train_begin
+    on_predict_batch_begin = on_train_batch_begin
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._end(batch, None)
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+
+class MetricsLogger(keras.callbacks.Callback):
+    """Appends one row per epoch to ``metrics.csv`` (columns :data:`CSV_FIELDS`).
+
+    Epochs are numbered globally across phases (1-based in the file). The file is
+    flushed after every row, so a crash loses at most the running epoch.
+    """
+
+    def __init__(self, path: str, phase: str, meter: ThroughputMeter):
+        super().__init__()
+        self.path, self.phase, self.meter = path, phase, meter
+        self.rows: list[dict] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        ips = self.meter.epoch_images / self.meter.epoch_seconds if self.meter.epoch_seconds > 0 else None
+        row = {"phase": self.phase, "epoch": epoch + 1, "step": self.meter.global_step,
+               "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
+               "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
+               "learning_rate": current_lr(self.model), "images_per_s": ips,
+               "epoch_time_s": time.perf_counter() - self._t0}
+        row = {k: (float(v) if v is not None and k not in ("phase", "epoch", "step") else v) for k, v in row.items()}
+        self.rows.append(row)
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+class MaxStepsStopper(keras.callbacks.Callback):
+    """Stops training once the global optimizer step count reaches ``max_steps``."""
+
+    def __init__(self, meter: ThroughputMeter, max_steps: int):
+        super().__init__()
+        self.meter, self.max_steps = meter, max_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if 0 < self.max_steps <= self.meter.global_step:
+            self.model.stop_training = True

@@ -1,0 +1,171 @@
+"""Typed configuration: four sections (data, model, recipe, trainer), parsed with
+jsonargparse the way LightningCLI does.
+
+Precedence (as in nanoGPT): dataclass defaults < ``--config FILE`` (YAML, may be
+given several times) < ``--section.key VALUE`` on the command line. Unknown keys
+and wrong types are rejected with the key's name and its allowed values.
+The defaults are the reference scenario: VGG16 at 64x64 on CIFAR-10, ``fine_tune``
+(``configs/default.yaml`` holds the same values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional, Union
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+BackboneName = Literal["vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenetv2", "mobilenetv3small",
+                       "densenet121", "xception", "efficientnetb0", "convnexttiny"]
+
+
+@dataclass
+class DataConfig:
+    """Data set and batching.
+
+    Args:
+        source: cifar10 / cifar100 (local copy first, then keras.datasets), folder, npz.
+        root: local data: CIFAR tarball, its folder or an image folder; the folder
+            or .npz file for the folder / npz sources. Also read from KBENCH_DATA_DIR.
+        val_split: fraction of every training class held out for validation (stratified, seeded).
+        test_split: for a single-tree folder, fraction of every class held out for testing.
+        batch_size: images per batch.
+        max_train_per_class: stratified subset of the training set (null = all).
+        max_test_per_class: stratified subset of the test set (null = all).
+        interpolation: OpenCV resize interpolation.
+        augment: random horizontal flips while training (disables the frozen-prefix cache).
+        strict: undecodable image files are an error instead of a warning.
+    """
+
+    source: Literal["cifar10", "cifar100", "folder", "npz"] = "cifar10"
+    root: Optional[str] = None
+    val_split: float = 0.1
+    test_split: float = 0.2
+    batch_size: int = 64
+    max_train_per_class: Optional[int] = None
+    max_test_per_class: Optional[int] = None
+    interpolation: Literal["linear", "area", "cubic", "nearest"] = "linear"
+    augment: bool = False
+    strict: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and head.
+
+    Args:
+        backbone: keras.applications backbone from the registry (kbench.models.BACKBONES).
+        weights: imagenet, none, or a path to a Keras weights file of the headless backbone.
+        image_size: square input side in pixels (null = the backbone's default size).
+        head: gap (pool, dropout, dense), flatten (flatten, dropout, dense) or article (the seed tutorial's head).
+        head_dropout: dropout rate before the last Dense of the gap / flatten heads.
+        preprocess: auto (the backbone's own), caffe, tf, torch, scale01 (x/255) or none.
+    """
+
+    backbone: BackboneName = "vgg16"
+    weights: str = "imagenet"
+    image_size: Optional[int] = 64
+    head: Literal["gap", "flatten", "article"] = "flatten"
+    head_dropout: float = 0.5
+    preprocess: Literal["auto", "caffe", "tf", "torch", "scale01", "none"] = "auto"
+
+
+@dataclass
+class RecipeConfig:
+    """Which of the four transfer-learning recipes, and its phases.
+
+    Args:
+        name: feature_extraction, fine_tune, full, scratch or seed_tutorial.
+        epochs: epochs of the first (or only) phase.
+        learning_rate: learning rate of the first phase.
+        fine_tune_epochs: fine_tune only: epochs with the top of the backbone unfrozen.
+        fine_tune_learning_rate: fine_tune only: phase-2 learning rate (null = learning_rate / 10).
+        unfreeze: fine_tune only: auto (the registry's top block), a layer-name prefix (block5), last:N or all.
+        optimizer: adam, adamw, sgd (momentum) or rmsprop.
+        weight_decay: weight decay (0 = off).
+        momentum: SGD momentum.
+        cache: auto = train on cached frozen-prefix features where that is exact; off = never.
+    """
+
+    name: Literal["feature_extraction", "fine_tune", "full", "scratch", "seed_tutorial"] = "fine_tune"
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    fine_tune_epochs: int = 4
+    fine_tune_learning_rate: Optional[float] = None
+    unfreeze: str = "auto"
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    cache: Literal["auto", "off"] = "auto"
+
+
+@dataclass
+class TrainerConfig:
+    """Trainer options (Lightning names).
+
+    Args:
+        max_epochs: cap on total epochs over all phases (null = the recipe's sum).
+        max_steps: cap on total optimizer steps (-1 = none).
+        limit_train_batches: int = batches per epoch, float = fraction.
+        limit_val_batches: int = batches per validation, float = fraction.
+        limit_test_batches: int = test batches, float = fraction.
+        fast_dev_run: one batch per split and one epoch per phase, as a smoke test.
+        precision: float32, mixed_bfloat16 or mixed_float16.
+        jit_compile: auto, true or false (passed to keras Model.compile).
+        seed: global seed (weights init, split, shuffling, dropout).
+        deterministic: ask the backend for deterministic kernels.
+        default_root_dir: parent of the run folders.
+        name: run name (null = <backbone>-<recipe>); run folder is <default_root_dir>/<name>-<timestamp>.
+        enable_progress_bar: rich progress bars.
+        inference_batches: batches timed end to end for inference images/s (0 = skip).
+    """
+
+    max_epochs: Optional[int] = None
+    max_steps: int = -1
+    limit_train_batches: Union[int, float] = 1.0
+    limit_val_batches: Union[int, float] = 1.0
+    limit_test_batches: Union[int, float] = 1.0
+    fast_dev_run: bool = False
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    seed: int = 42
+    deterministic: bool = True
+    default_root_dir: str = "runs"
+    name: Optional[str] = None
+    enable_progress_bar: bool = True
+    inference_batches: int = 10
+
+
+@dataclass
+class RunConfig:
+    """The whole resolved configuration."""
+
+    data: DataConfig
+    model: ModelConfig
+    recipe: RecipeConfig
+    trainer: TrainerConfig
+
+    def to_dict(self) -> dict:
+        """Plain nested dict, as written to ``config.yaml``."""
+        return asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "recipe": RecipeConfig, "trainer": TrainerConfig}
+
+
+def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
+    """The command-line parser: ``--config FILE``, ``--print_config`` and ``--<section>.<key>``."""
+    p = ArgumentParser(prog=prog, description="kbench: transfer-learning trainer for Keras 3 "
+                       "(backend from KERAS_BACKEND: jax, tensorflow or torch).")
+    p.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later ones override earlier")
+    for name, cls in SECTIONS.items():
+        p.add_class_arguments(cls, name)
+    return p
+
+
+def parse(argv: list[str] | None = None) -> RunConfig:
+    """Parse ``argv`` into a :class:`RunConfig` (exits with status 2 on bad input)."""
+    p = build_parser()
+    ns = p.parse_args(argv)
+    init = p.instantiate(ns)
+    return RunConfig(**{k: getattr(init, k) for k in SECTIONS})

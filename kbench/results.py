@@ -1,0 +1,97 @@
+"""``results.json`` and the end-of-run summary table.
+
+``results.json`` holds: test top-1 accuracy and loss, per-phase wall time and
+throughput (train images/s after the first compile steps; inference images/s
+end to end on real test images), the backend, library versions, device, class
+names and the preprocessing mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from rich.table import Table
+
+from kbench import __version__, backend
+
+RESULTS_FORMAT = 1
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: list[dict], test: dict,
+                  inference: dict, cache_time_s: float, model_path: str) -> dict:
+    """Assemble and write ``<run_dir>/results.json``; returns the dict.
+
+    Units: times in seconds, throughput in images/s, memory in MiB.
+    """
+    best = max((r for r in trainer.history if r.get("val_accuracy") is not None),
+               key=lambda r: r["val_accuracy"], default=None)
+    results = {
+        "format": RESULTS_FORMAT,
+        "kbench_version": __version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "completed",
+        "backend": backend.name(),
+        "versions": backend.versions(),
+        "device": backend.device(),
+        "precision": trainer.precision,
+        "seed": trainer.seed,
+        "fast_dev_run": trainer.fast_dev_run,
+        "backbone": model.spec.name,
+        "image_size": model.image_size,
+        "preprocess": model.preprocess.mode,
+        "recipe": recipe.name,
+        "class_names": datamodule.class_names,
+        "num_train": len(datamodule.train),
+        "num_val": len(datamodule.val),
+        "num_test": len(datamodule.test),
+        "batch_size": datamodule.batch_size,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_images": test["images"],
+        "test_via_cache": test.get("via_cache"),
+        "epochs": len(trainer.history),
+        "best_val_epoch": best["epoch"] if best else None,
+        "best_val_accuracy": best["val_accuracy"] if best else None,
+        "phases": phases,
+        "train_time_s": sum(p["wall_time_s"] for p in phases),
+        "cache_time_s": cache_time_s,
+        "inference_images_per_s": inference.get("images_per_s"),
+        "inference": inference,
+        "peak_host_memory_mb": backend.peak_host_memory_mb(),
+        "peak_device_memory_mb": backend.peak_device_memory_mb(),
+        "model_path": os.path.basename(model_path),
+    }
+    write_json_atomic(os.path.join(run_dir, "results.json"), results)
+    return results
+
+
+def _fmt(v, spec=".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summary_table(results: dict, history: list[dict]) -> Table:
+    """A rich table: one row per epoch, then test accuracy/loss and throughput in the caption."""
+    t = Table(title=f"kbench {results['recipe']} · {results['backbone']} @ {results['image_size']}px · "
+                    f"{results['backend']} ({results['device']['type']})")
+    for col in ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "images/s"):
+        t.add_column(col, justify="right" if col != "phase" else "left")
+    for r in history:
+        t.add_row(r["phase"], str(r["epoch"]), _fmt(r["loss"]), _fmt(r["accuracy"]), _fmt(r["val_loss"]),
+                  _fmt(r["val_accuracy"]), _fmt(r["learning_rate"], ".2e"), _fmt(r["images_per_s"], ".0f"))
+    walls = ", ".join(f"{p['phase']} {p['wall_time_s']:.0f}s" for p in results["phases"])
+    t.caption = (f"test top-1 {results['test_accuracy']:.4f}, loss {results['test_loss']:.4f} on "
+                 f"{results['test_images']} images · wall {walls} · inference "
+                 f"{_fmt(results['inference_images_per_s'], '.0f')} images/s")
+    return t

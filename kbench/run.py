@@ -1,0 +1,72 @@
+"""``python -m kbench.run``: parse the config, build the parts, call the trainer.
+
+Exit status: 0 on success, 2 on a user error (bad config, missing data or
+weights: one clear message, no traceback), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+import kbench
+from kbench.config import RunConfig, parse
+
+console = Console()
+
+
+def run(cfg: RunConfig) -> dict:
+    """Build DataModule, TransferModel, Recipe and Trainer from ``cfg`` and fit.
+
+    Returns the results dict (also written to ``results.json``).
+    """
+    from kbench.data import DataModule
+    from kbench.models import build_model, get_spec
+    from kbench.recipes import make_phases
+    from kbench.trainer import Recipe, Trainer
+
+    d, m, r, t = cfg.data, cfg.model, cfg.recipe, cfg.trainer
+    spec = get_spec(m.backbone)
+    if r.name == "scratch" and m.weights != "none":
+        console.print(f"[yellow]recipe scratch trains the architecture only: ignoring model.weights={m.weights!r}")
+        m.weights = "none"
+    phases = make_phases(r.name, r.epochs, r.learning_rate, r.fine_tune_epochs, r.fine_tune_learning_rate,
+                         r.unfreeze, spec.unfreeze)
+    trainer = Trainer(max_epochs=t.max_epochs, max_steps=t.max_steps, limit_train_batches=t.limit_train_batches,
+                      limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
+                      fast_dev_run=t.fast_dev_run, precision=t.precision, jit_compile=t.jit_compile, seed=t.seed,
+                      deterministic=t.deterministic, default_root_dir=t.default_root_dir,
+                      name=t.name or f"{m.backbone}-{r.name}", enable_progress_bar=t.enable_progress_bar,
+                      inference_batches=t.inference_batches, console=console)
+    dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
+                    d.max_test_per_class, d.interpolation, d.augment, d.strict)
+    size = m.image_size or spec.default_size
+    from kbench.models import check_input_size
+
+    check_input_size(spec, size)  # before any data is read or weights downloaded
+    trainer.make_run_dir()
+    dm.setup()
+    model = build_model(m.backbone, m.weights, size, m.head, m.head_dropout, m.preprocess,
+                        dm.num_classes, dm.class_names)
+    recipe = Recipe(r.name, phases, r.optimizer, r.weight_decay, r.momentum, r.cache)
+    return trainer.fit(model, dm, recipe, config=cfg.to_dict())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    cfg = parse(argv)
+    try:
+        results = run(cfg)
+    except kbench.KbenchError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        return 130
+    console.print(f"test top-1 accuracy {results['test_accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
