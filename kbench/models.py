@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -192,7 +193,13 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
         raise KbenchError(f"weights file {weights!r}: pickled files are refused; use a Keras .weights.h5 file")
     base = spec.constructor(include_top=False, weights=None, input_shape=shape)
     try:
-        base.load_weights(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            base.load_weights(path)
+        # Keras only warns when part of a file does not match and keeps random weights there.
+        partial = [str(w.message) for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
+        if partial:
+            raise ValueError(f"only part of the file matched ({len(partial)} warning(s): {partial[0][:200]})")
     except Exception as e:  # keras raises ValueError / KeyError / OSError for mismatches
         raise KbenchError(
             f"weights file {weights!r} does not fit backbone {spec.name!r} "

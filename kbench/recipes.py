@@ -140,14 +140,34 @@ def apply_phase(base: keras.Model, phase: Phase) -> int:
 def count_params(model: keras.Model) -> tuple[int, int]:
     """``(trainable, non_trainable)`` parameter counts (BN moving stats are non-trainable)."""
     t = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    nt = sum(int(np.prod(v.shape)) for v in frozen_variables(model))
+    nt = sum(int(np.prod(v.shape)) for v in model.non_trainable_variables if "seed_generator" not in v.path)
     return t, nt
 
 
+def _leaf_layers(layer):
+    subs = getattr(layer, "layers", None)
+    if subs:
+        for sub in subs:
+            yield from _leaf_layers(sub)
+    else:
+        yield layer
+
+
 def frozen_variables(model: keras.Model) -> list:
-    """Non-trainable model variables (frozen weights, BN moving statistics), without
-    random-generator states (dropout's ``SeedGenerator``), which advance by design."""
-    return [v for v in model.non_trainable_variables if "seed_generator" not in v.path]
+    """Variables of every frozen (``trainable=False``) layer: frozen weights and the
+    moving statistics of frozen BatchNormalization layers. Random-generator states
+    (dropout's ``SeedGenerator``) are left out: they advance by design. The moving
+    statistics of a *trainable* BatchNormalization (``full``/``scratch``) update
+    by design and are not included either."""
+    seen, out = set(), []
+    for layer in _leaf_layers(model):
+        if layer.trainable:
+            continue
+        for v in layer.variables:
+            if "seed_generator" not in v.path and id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+    return out
 
 
 def snapshot_frozen(model: keras.Model) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ def run(cfg: RunConfig) -> dict:
     Returns the results dict (also written to ``results.json``).
     """
     from kbench.data import DataModule
-    from kbench.models import build_model, get_spec
+    from kbench.models import build_model, check_input_size, get_spec
     from kbench.recipes import make_phases
     from kbench.trainer import Recipe, Trainer
 
@@ -42,13 +42,11 @@ def run(cfg: RunConfig) -> dict:
     dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
                     d.max_test_per_class, d.interpolation, d.augment, d.strict)
     size = m.image_size or spec.default_size
-    from kbench.models import check_input_size
-
     check_input_size(spec, size)  # before any data is read or weights downloaded
-    trainer.make_run_dir()
     dm.setup()
     model = build_model(m.backbone, m.weights, size, m.head, m.head_dropout, m.preprocess,
                         dm.num_classes, dm.class_names)
+    trainer.make_run_dir()
     recipe = Recipe(r.name, phases, r.optimizer, r.weight_decay, r.momentum, r.cache)
     return trainer.fit(model, dm, recipe, config=cfg.to_dict())
 
