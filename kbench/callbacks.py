@@ -13,8 +13,15 @@ import time
 
 import keras
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 CSV_FIELDS = ["phase", "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy",
               "learning_rate", "images_per_s", "epoch_time_s"]

@@ -57,16 +57,19 @@ class ModelConfig:
         backbone: keras.applications backbone from the registry (kbench.models.BACKBONES).
         weights: imagenet, none, or a path to a Keras weights file of the headless backbone.
         image_size: square input side in pixels (null = the backbone's default size).
-        head: gap (pool, dropout, dense), flatten (flatten, dropout, dense) or article (the seed tutorial's head).
-        head_dropout: dropout rate before the last Dense of the gap / flatten heads.
+        head: gap (pool, dropout, dense), flatten (flatten, dropout, dense), mlp (flatten, batch norm,
+            dense hidden ReLU, dropout, dense) or article (the seed tutorial's head).
+        head_dropout: dropout rate before the last Dense of the gap / flatten / mlp heads.
+        head_hidden: units of the hidden Dense layer of the mlp head.
         preprocess: auto (the backbone's own), caffe, tf, torch, scale01 (x/255) or none.
     """
 
     backbone: BackboneName = "vgg16"
     weights: str = "imagenet"
     image_size: Optional[int] = 64
-    head: Literal["gap", "flatten", "article"] = "flatten"
+    head: Literal["gap", "flatten", "mlp", "article"] = "mlp"
     head_dropout: float = 0.5
+    head_hidden: int = 512
     preprocess: Literal["auto", "caffe", "tf", "torch", "scale01", "none"] = "auto"
 
 

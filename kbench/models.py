@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from kbench import KbenchError
@@ -92,7 +93,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("convnexttiny", _A.ConvNeXtTiny, "none", 32, 224, 768, "convnext_tiny_stage_3"),
     ]
 }
-HEADS = ("gap", "flatten", "article")
+HEADS = ("gap", "flatten", "mlp", "article")
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -209,15 +210,22 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
     return base
 
 
-def build_head(kind: str, num_classes: int, dropout: float) -> list[layers.Layer]:
+def build_head(kind: str, num_classes: int, dropout: float, hidden: int = 512) -> list[layers.Layer]:
     """The layers placed on top of the backbone's feature map.
 
     * ``gap``: GlobalAveragePooling2D -> Dropout(dropout) -> Dense(num_classes) logits;
     * ``flatten``: Flatten -> Dropout(dropout) -> Dense(num_classes) logits;
+    * ``mlp``: Flatten -> BatchNormalization -> Dense(hidden, ReLU) -> Dropout(dropout)
+      -> Dense(num_classes) logits. The BatchNormalization rescales features of very
+      different magnitudes (VGG16 activations reach several hundred);
     * ``article``: the seed tutorial's head, Flatten -> Dense 1000, 800, 400, 200,
       100 (ReLU) -> Dense(num_classes, softmax).
 
-    The last layer always computes in float32 (mixed-precision guidance).
+    The last layer always computes in float32 (mixed-precision guidance). Dropout
+    gets an explicit seed drawn from NumPy's global generator (seeded by the
+    trainer), so its masks come from the layer's own seed state on every backend
+    (unseeded dropout on PyTorch draws from torch's global generator, which data
+    loaders also consume).
     """
     if kind not in HEADS:
         raise KbenchError(f"unknown head {kind!r}; choose one of: {', '.join(HEADS)}")
@@ -226,7 +234,10 @@ def build_head(kind: str, num_classes: int, dropout: float) -> list[layers.Layer
         return [layers.Flatten(name="head_flatten"), *hidden,
                 layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")]
     pool = layers.GlobalAveragePooling2D(name="head_pool") if kind == "gap" else layers.Flatten(name="head_flatten")
-    return [pool, layers.Dropout(dropout, name="head_dropout"),
+    mid = ([layers.BatchNormalization(name="head_bn"), layers.Dense(hidden, activation="relu", name="head_hidden")]
+           if kind == "mlp" else [])
+    seed = int(np.random.randint(0, 2**31 - 1))
+    return [pool, *mid, layers.Dropout(dropout, seed=seed, name="head_dropout"),
             layers.Dense(num_classes, dtype="float32", name="logits")]
 
 
@@ -298,7 +309,8 @@ class TransferModel:
 
 
 def build_model(backbone: str, weights: str, image_size: int | None, head: str, head_dropout: float,
-                preprocess: str, num_classes: int, class_names: list[str] | None = None) -> TransferModel:
+                preprocess: str, num_classes: int, class_names: list[str] | None = None,
+                head_hidden: int = 512) -> TransferModel:
     """Build a :class:`TransferModel` from config values (see ``config.ModelConfig``).
 
     ``image_size`` ``None`` means the registry's default size; ``preprocess``
@@ -314,4 +326,5 @@ def build_model(backbone: str, weights: str, image_size: int | None, head: str, 
     if mode not in PREPROCESS_MODES:
         raise KbenchError(f"unknown preprocess mode {mode!r}; choose one of: auto, {', '.join(PREPROCESS_MODES)}")
     base = build_backbone(spec, size, weights)
-    return TransferModel(spec, base, mode, build_head(head, num_classes, head_dropout), size, num_classes, class_names)
+    return TransferModel(spec, base, mode, build_head(head, num_classes, head_dropout, head_hidden), size,
+                         num_classes, class_names)

@@ -45,7 +45,7 @@ def run(cfg: RunConfig) -> dict:
     check_input_size(spec, size)  # before any data is read or weights downloaded
     dm.setup()
     model = build_model(m.backbone, m.weights, size, m.head, m.head_dropout, m.preprocess,
-                        dm.num_classes, dm.class_names)
+                        dm.num_classes, dm.class_names, m.head_hidden)
     trainer.make_run_dir()
     recipe = Recipe(r.name, phases, r.optimizer, r.weight_decay, r.momentum, r.cache)
     return trainer.fit(model, dm, recipe, config=cfg.to_dict())

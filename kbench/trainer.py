@@ -32,8 +32,15 @@ from kbench import KbenchError, backend
 from kbench.callbacks import MaxStepsStopper, MetricsLogger, RichProgressBar, ThroughputMeter
 from kbench.data import BatchSequence, DataModule
 from kbench.models import TransferModel
-from kbench.recipes import (Phase, apply_phase, cache_cut, check_frozen_unchanged, count_params,
-                            first_trainable_index, snapshot_frozen)
+from kbench.recipes import (
+    Phase,
+    apply_phase,
+    cache_cut,
+    check_frozen_unchanged,
+    count_params,
+    first_trainable_index,
+    snapshot_frozen,
+)
 from kbench.results import summary_table, write_results
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")

@@ -8,8 +8,7 @@ import pytest
 
 from kbench import KbenchError
 from kbench.models import build_model
-from kbench.recipes import (apply_phase, cache_cut, check_frozen_unchanged, count_params, make_phases,
-                            snapshot_frozen)
+from kbench.recipes import apply_phase, cache_cut, check_frozen_unchanged, count_params, make_phases, snapshot_frozen
 
 VGG16_CONV = 14_714_688             # all 13 conv layers of VGG16 (weights + biases)
 BLOCK5 = 3 * (3 * 3 * 512 * 512 + 512)  # 7,079,424
