@@ -48,6 +48,8 @@ class RichProgressBar(keras.callbacks.Callback):
 
     def _start(self, label: str, total: int | None):
         self._stop()
+        if not self.console.is_terminal:  # logs and pipes get the per-epoch lines only
+            return
         self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                                   TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),

@@ -10,10 +10,13 @@ The defaults are the reference scenario: VGG16 at 64x64 on CIFAR-10, ``fine_tune
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import difflib
+import re
+import sys
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional, Union
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 BackboneName = Literal["vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenetv2", "mobilenetv3small",
                        "densenet121", "xception", "efficientnetb0", "convnexttiny"]
@@ -157,18 +160,46 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "recipe": RecipeConfig, "t
 
 
 def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
-    """The command-line parser: ``--config FILE``, ``--print_config`` and ``--<section>.<key>``."""
-    p = ArgumentParser(prog=prog, description="kbench: transfer-learning trainer for Keras 3 "
-                       "(backend from KERAS_BACKEND: jax, tensorflow or torch).")
+    """The command-line parser: ``--config FILE``, ``--print_config`` and ``--<section>.<key>``.
+
+    It raises instead of exiting on bad input; :func:`parse` turns that into one message.
+    """
+    p = ArgumentParser(prog=prog, exit_on_error=False, description="kbench: transfer-learning trainer for "
+                       "Keras 3 (backend from KERAS_BACKEND: jax, tensorflow or torch).")
     p.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later ones override earlier")
     for name, cls in SECTIONS.items():
         p.add_class_arguments(cls, name)
     return p
 
 
+def explain(message: str) -> str:
+    """Add the valid keys (and the closest match) to an unknown-key error message."""
+    keys = {f"{sec}.{f.name}" for sec, cls in SECTIONS.items() for f in fields(cls)}
+    grouped = [f"{g}.{o}" for g, o in re.findall(r"Group '(\w+)' does not accept option '(\w+)'", message)]
+    for bad in grouped + re.findall(r"--?([\w.]+)", message):
+        if bad in keys or bad in ("config", "print_config", "help"):
+            continue
+        sec = bad.split(".")[0]
+        valid = sorted(k for k in keys if k.startswith(sec + ".")) if sec in SECTIONS else sorted(SECTIONS)
+        close = difflib.get_close_matches(bad, keys | set(valid), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return f"{message}\nunknown key {bad!r}.{hint} Valid keys: {', '.join(valid)}"
+    return message
+
+
 def parse(argv: list[str] | None = None) -> RunConfig:
-    """Parse ``argv`` into a :class:`RunConfig` (exits with status 2 on bad input)."""
+    """Parse ``argv`` into a :class:`RunConfig`.
+
+    On bad input (unknown key, wrong type, value not among the allowed ones,
+    missing config file) prints one message naming the key and exits with status 2.
+    """
     p = build_parser()
-    ns = p.parse_args(argv)
+    try:
+        ns = p.parse_args(argv)
+    except ArgumentError as e:
+        msg = explain(str(e).strip())
+        msg = re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", msg)
+        print(f"error: {msg}\n(run `{p.prog} --help` for all options)", file=sys.stderr)
+        sys.exit(2)
     init = p.instantiate(ns)
     return RunConfig(**{k: getattr(init, k) for k in SECTIONS})

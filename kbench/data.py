@@ -206,9 +206,9 @@ class DataModule:
         if source not in SOURCES:
             raise KbenchError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
         if not 0 <= val_split < 1:
-            raise KbenchError(f"val_split must be in [0, 1), got {val_split}")
+            raise KbenchError(f"data.val_split must be in [0, 1), got {val_split}")
         if batch_size < 1:
-            raise KbenchError(f"batch_size must be >= 1, got {batch_size}")
+            raise KbenchError(f"data.batch_size must be >= 1, got {batch_size}")
         if interpolation not in INTERPOLATIONS:
             raise KbenchError(f"unknown interpolation {interpolation!r}; choose one of: {', '.join(INTERPOLATIONS)}")
         self.source, self.root, self.val_split, self.test_split = source, root, val_split, test_split
@@ -266,6 +266,10 @@ class DataModule:
                 return _cifar_from_batches(self.source, lambda n: tar.extractfile(members[n]))
         if local:
             return _cifar_from_batches(self.source, lambda n: open(os.path.join(local, n), "rb"))
+        missing = [r for r in roots if not os.path.exists(os.path.expanduser(r))]
+        if missing:
+            raise KbenchError(f"data root {missing[0]!r} does not exist; pass an existing path to --data.root "
+                              f"(or {DATA_ENV})")
         if roots:
             tar_name, dir_name = _CIFAR[self.source]
             raise KbenchError(
@@ -281,7 +285,7 @@ class DataModule:
             (xtr, ytr), (xte, yte) = ds.load_data()
         except Exception as e:  # no network: URLError, HTTPError, OSError, ...
             raise KbenchError(
-                f"could not download {self.source} through keras.datasets ({type(e).__name__}). "
+                f"could not download {self.source} through keras.datasets ({type(e).__name__}: {str(e)[:200]}). "
                 f"Offline, point kbench at a local copy with --data.root PATH or the {DATA_ENV} "
                 f"environment variable; accepted: the official {tar_name}, its extracted "
                 f"{dir_name}/ folder, or an image folder PATH/{{train,test}}/<class>/*.jpg"

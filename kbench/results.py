@@ -30,10 +30,13 @@ def write_json_atomic(path: str, data: dict) -> None:
 
 
 def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: list[dict], test: dict,
-                  inference: dict, cache_time_s: float, model_path: str) -> dict:
+                  inference: dict, cache_time_s: float, model_path: str, total_time_s: float) -> dict:
     """Assemble and write ``<run_dir>/results.json``; returns the dict.
 
-    Units: times in seconds, throughput in images/s, memory in MiB.
+    Units: times in seconds, throughput in images/s, memory in MiB. ``total_time_s``
+    runs from ``Trainer.fit`` entry (data set-up) to the model save;
+    ``train_time_s`` sums the phases (their prefix caching included);
+    ``cache_time_s`` is all frozen-prefix computation (test split included).
     """
     best = max((r for r in trainer.history if r.get("val_accuracy") is not None),
                key=lambda r: r["val_accuracy"], default=None)
@@ -67,6 +70,7 @@ def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: l
         "phases": phases,
         "train_time_s": sum(p["wall_time_s"] for p in phases),
         "cache_time_s": cache_time_s,
+        "total_time_s": total_time_s,
         "inference_images_per_s": inference.get("images_per_s"),
         "inference": inference,
         "peak_host_memory_mb": backend.peak_host_memory_mb(),

@@ -6,6 +6,7 @@ weights: one clear message, no traceback), 130 on Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.console import Console
 import kbench
 from kbench.config import RunConfig, parse
 
-console = Console()
+console = Console() if Console().is_terminal else Console(width=120)
 
 
 def run(cfg: RunConfig) -> dict:
@@ -42,13 +43,32 @@ def run(cfg: RunConfig) -> dict:
     dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
                     d.max_test_per_class, d.interpolation, d.augment, d.strict)
     size = m.image_size or spec.default_size
-    check_input_size(spec, size)  # before any data is read or weights downloaded
+    # cheap checks first: before any data is read or weights downloaded
+    check_input_size(spec, size)
+    if m.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(m.weights)):
+        raise kbench.KbenchError(f"weights file {m.weights!r} does not exist; pass an existing file, "
+                                 "'imagenet' or 'none' to --model.weights")
+    check_writable(t.default_root_dir)
     dm.setup()
     model = build_model(m.backbone, m.weights, size, m.head, m.head_dropout, m.preprocess,
                         dm.num_classes, dm.class_names, m.head_hidden)
     trainer.make_run_dir()
     recipe = Recipe(r.name, phases, r.optimizer, r.weight_decay, r.momentum, r.cache)
     return trainer.fit(model, dm, recipe, config=cfg.to_dict())
+
+
+def check_writable(root: str) -> None:
+    """Refuse a run root that cannot be created or written, before any work starts.
+
+    Raises:
+        KbenchError: names the folder and the flag to change.
+    """
+    probe = os.path.abspath(root)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not (os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)):
+        raise kbench.KbenchError(f"run folder root {root!r} is not writable (checked {probe!r}); "
+                                 "set --trainer.default_root_dir to a writable folder")
 
 
 def main(argv: list[str] | None = None) -> int:

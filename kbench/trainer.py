@@ -104,24 +104,29 @@ class FeatureCache:
         self.root_cut = min(cuts, key=self._index) if cuts else None
 
     def get(self, split: str, cut: str) -> np.ndarray:
-        """Features of ``split`` at the output of base layer ``cut``."""
+        """Features of ``split`` at the output of base layer ``cut``; adds the time
+        spent computing them to :attr:`seconds`."""
+        t0 = time.perf_counter()
+        out = self._get(split, cut)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def _get(self, split: str, cut: str) -> np.ndarray:
         key = (split, cut)
         if key in self.store:
             return self.store[key]
-        t0 = time.perf_counter()
         root = self.root_cut if self.root_cut and self._index(self.root_cut) <= self._index(cut) else cut
         limit = self.trainer._limit(split)
         if root == cut:
             prefix, _ = self.tm.split(cut)
             seq = self.dm.loader(split, self.tm.image_size, limit_batches=limit)
         else:
-            src = self.get(split, root)
+            src = self._get(split, root)
             prefix = keras.Model(self.tm.base.get_layer(root).output, self.tm.base.get_layer(cut).output)
             seq = BatchSequence(src, np.zeros(len(src), np.int32), self.dm.batch_size, None)
         bar = self.trainer._progress(f"cache {cut} ({split})")
         feats = prefix.predict(seq, verbose=0, callbacks=bar)
         self.store[key] = np.asarray(feats, dtype=np.float32)
-        self.seconds += time.perf_counter() - t0
         return self.store[key]
 
     def labels(self, split: str) -> np.ndarray:
@@ -245,6 +250,7 @@ class Trainer:
             KbenchError: user errors (data, config); RuntimeError if a frozen
             variable changed during a phase.
         """
+        t_start = time.perf_counter()
         datamodule.setup()
         run_dir = self.run_dir or self.make_run_dir()
         if config is not None:
@@ -277,6 +283,7 @@ class Trainer:
                       + (f"; frozen-prefix cache at {cut!r}" if cut else ""))
             before = snapshot_frozen(e2e)
             t0 = time.perf_counter()
+            cache_s = cache.seconds
             if cut:
                 train_x, val_x = cache.get("train", cut), cache.get("val", cut) if len(datamodule.val) else None
                 _, net = model.split(cut)
@@ -289,7 +296,6 @@ class Trainer:
                 train_seq = datamodule.loader("train", model.image_size, shuffle=True, limit_batches=self._limit("train"))
                 val_seq = (datamodule.loader("val", model.image_size, limit_batches=self._limit("val"))
                            if len(datamodule.val) else None)
-            cache_s = cache.seconds
             train_seq.epoch = epoch
             self._compile(net, model, recipe, phase.learning_rate)
             meter = ThroughputMeter(train_seq.batch_sizes(), global_step=step)
@@ -319,7 +325,8 @@ class Trainer:
         model.compose(base_training=None).save(model_path)
         self.results = write_results(run_dir, model=model, datamodule=datamodule, recipe=recipe, trainer=self,
                                      phases=phase_info, test=test, inference=inference,
-                                     cache_time_s=cache.seconds, model_path=model_path)
+                                     cache_time_s=cache.seconds, model_path=model_path,
+                                     total_time_s=time.perf_counter() - t_start)
         self.console.print(summary_table(self.results, self.history))
         return self.results
 

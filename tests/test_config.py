@@ -54,6 +54,8 @@ def test_unknown_key_rejected_with_name():
     r = _cli("--recipe.epochz", "3")
     assert r.returncode == 2
     assert "epochz" in r.stderr and "Traceback" not in r.stderr
+    assert "Did you mean 'recipe.epochs'" in r.stderr and "recipe.fine_tune_epochs" in r.stderr
+    assert "usage:" not in r.stderr  # one message, not the whole usage block
 
 
 def test_wrong_type_and_bad_choice_name_the_key_and_choices(tmp_path):
@@ -61,6 +63,7 @@ def test_wrong_type_and_bad_choice_name_the_key_and_choices(tmp_path):
     assert r.returncode == 2 and "data.batch_size" in r.stderr and "Traceback" not in r.stderr
     r = _cli("--model.backbone", "vgg17")
     assert r.returncode == 2 and "vgg16" in r.stderr and "convnexttiny" in r.stderr
+    assert "typing.Literal" not in r.stderr
     f = tmp_path / "bad.yaml"
     f.write_text("recipe: {nme: fine_tune}\n")
     r = _cli("--config", str(f))

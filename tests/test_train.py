@@ -124,7 +124,7 @@ def _cli(*args, env=None):
 def test_cli_missing_data_root_is_one_clear_error(tmp_path):
     r = _cli("--data.root", str(tmp_path / "nowhere"), "--trainer.default_root_dir", str(tmp_path / "runs"))
     assert r.returncode == 2
-    assert "no cifar10 copy found" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    assert "does not exist" in r.stdout and "--data.root" in r.stdout and "Traceback" not in r.stdout + r.stderr
 
 
 def test_cli_input_size_below_minimum(tmp_path):
@@ -140,4 +140,24 @@ def test_cli_fast_dev_run(cifar_dir, tmp_path):
              "--trainer.default_root_dir", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     stored = json.loads(next(tmp_path.iterdir()).joinpath("results.json").read_text())
-    assert stored["fast_dev_run"] is True and stored["epochs"] == 2
+    assert stored["fast_dev_run"] is True and stored["epochs"] == 1
+
+
+def test_unwritable_run_root_refused_before_work(tmp_path):
+    from kbench import KbenchError
+    from kbench.run import check_writable
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # unwritable as a folder even for root
+    with pytest.raises(KbenchError, match="not writable.*--trainer.default_root_dir"):
+        check_writable(str(blocker / "runs"))
+    check_writable(str(tmp_path / "new" / "runs"))  # a missing folder under a writable one is fine
+    r = _cli("--trainer.default_root_dir", str(blocker / "runs"))
+    assert r.returncode == 2 and "not writable" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+def test_missing_weights_file_refused_before_data(tmp_path):
+    r = _cli("--model.weights", str(tmp_path / "nope.weights.h5"), "--data.root", str(tmp_path / "nowhere"),
+             "--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "nope.weights.h5" in r.stdout and "does not exist" in r.stdout
+    assert not (tmp_path / "runs").exists()
