@@ -18,7 +18,6 @@ feature caching), so that loop lives here; each phase's epochs are plain
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -376,12 +375,6 @@ class Trainer:
         out = model.compose(base_training=None).predict(seq, verbose=0, callbacks=self._progress("predict"))
         out = np.asarray(out, np.float32)
         return np.asarray(keras.ops.softmax(out, axis=-1)) if model.from_logits else out
-
-
-def load_json(path: str) -> dict:
-    """Read a JSON file (helper for reports and tests)."""
-    with open(path) as f:
-        return json.load(f)
 
 
 __all__ = ["Trainer", "Recipe", "FeatureCache", "make_optimizer", "PRECISIONS", "OPTIMIZERS"]
