@@ -161,6 +161,23 @@ class Preprocess(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def check_weights_file(weights: str) -> str:
+    """Validate a ``--model.weights`` path (not ``imagenet``/``none``) and return it expanded.
+
+    Raises:
+        KbenchError: the file does not exist, or is a pickle (refused).
+    """
+    path = os.path.expanduser(weights)
+    if not os.path.isfile(path):
+        raise KbenchError(
+            f"weights file {weights!r} does not exist; pass an existing file, 'imagenet' or 'none' "
+            "to --model.weights"
+        )
+    if path.endswith((".pkl", ".pickle", ".pt", ".pth")):
+        raise KbenchError(f"weights file {weights!r}: pickled files are refused; use a Keras .weights.h5 file")
+    return path
+
+
 def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
     """Construct the headless backbone for a ``size`` x ``size`` x 3 input.
 
@@ -185,13 +202,7 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
                 "Without network access pass a local file with --model.weights PATH "
                 "(a Keras weights file of the headless backbone), or --model.weights none"
             ) from None
-    path = os.path.expanduser(weights)
-    if not os.path.isfile(path):
-        raise KbenchError(
-            f"weights file {weights!r} does not exist; pass an existing file, 'imagenet' or 'none'"
-        )
-    if path.endswith((".pkl", ".pickle", ".pt", ".pth")):
-        raise KbenchError(f"weights file {weights!r}: pickled files are refused; use a Keras .weights.h5 file")
+    path = check_weights_file(weights)
     base = spec.constructor(include_top=False, weights=None, input_shape=shape)
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -23,7 +23,7 @@ def run(cfg: RunConfig) -> dict:
     Returns the results dict (also written to ``results.json``).
     """
     from kbench.data import DataModule
-    from kbench.models import build_model, check_input_size, get_spec
+    from kbench.models import build_model, check_input_size, check_weights_file, get_spec
     from kbench.recipes import make_phases
     from kbench.trainer import Recipe, Trainer
 
@@ -45,9 +45,8 @@ def run(cfg: RunConfig) -> dict:
     size = m.image_size or spec.default_size
     # cheap checks first: before any data is read or weights downloaded
     check_input_size(spec, size)
-    if m.weights not in ("imagenet", "none") and not os.path.isfile(os.path.expanduser(m.weights)):
-        raise kbench.KbenchError(f"weights file {m.weights!r} does not exist; pass an existing file, "
-                                 "'imagenet' or 'none' to --model.weights")
+    if m.weights not in ("imagenet", "none"):
+        check_weights_file(m.weights)
     check_writable(t.default_root_dir)
     dm.setup()
     model = build_model(m.backbone, m.weights, size, m.head, m.head_dropout, m.preprocess,

@@ -332,13 +332,15 @@ class Trainer:
     def _test_after_fit(self, model: TransferModel, datamodule: DataModule, cache: FeatureCache,
                         cut: str | None) -> dict:
         if cut:
-            _, net = model.split(cut)
-            self._compile(net, model, Recipe("eval", []), 1e-3)
             x = cache.get("test", cut)
             seq = BatchSequence(x, cache.labels("test"), datamodule.batch_size, None)
-            out = net.evaluate(seq, verbose=0, return_dict=True, callbacks=self._progress("test"))
-            return {"loss": float(out["loss"]), "accuracy": float(out["accuracy"]), "images": len(x), "via_cache": cut}
+            return {**self._evaluate_seq(model, model.split(cut)[1], seq, "test"), "via_cache": cut}
         return {**self.test(model, datamodule), "via_cache": None}
+
+    def _evaluate_seq(self, model: TransferModel, net: keras.Model, seq: BatchSequence, label: str) -> dict:
+        self._compile(net, model, Recipe("eval", []), 1e-3)
+        out = net.evaluate(seq, verbose=0, return_dict=True, callbacks=self._progress(label))
+        return {"loss": float(out["loss"]), "accuracy": float(out["accuracy"]), "images": sum(seq.batch_sizes())}
 
     def measure_inference(self, model: TransferModel, datamodule: DataModule) -> dict:
         """End-to-end inference images/s on real test images (2 warm-up batches excluded)."""
@@ -362,11 +364,8 @@ class Trainer:
 
     def _evaluate(self, model: TransferModel, datamodule: DataModule, split: str) -> dict:
         datamodule.setup()
-        net = model.compose(base_training=None)
-        self._compile(net, model, Recipe("eval", []), 1e-3)
         seq = datamodule.loader(split, model.image_size, limit_batches=self._limit(split))
-        out = net.evaluate(seq, verbose=0, return_dict=True, callbacks=self._progress(split))
-        return {"loss": float(out["loss"]), "accuracy": float(out["accuracy"]), "images": sum(seq.batch_sizes())}
+        return self._evaluate_seq(model, model.compose(base_training=None), seq, split)
 
     def predict(self, model: TransferModel, datamodule: DataModule, split: str = "test") -> np.ndarray:
         """Class probabilities ``float32 (N, num_classes)`` for ``split``."""
