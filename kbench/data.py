@@ -15,8 +15,14 @@ Sources (``source``):
   ``~/.keras/datasets``, else a download).
 * ``folder``: ``root/train/<class>/*`` and ``root/test/<class>/*``, or a single
   ``root/<class>/*`` tree that is split into train and test.
-* ``npz``: a file with ``x_train, y_train, x_test, y_test`` (uint8 or float images
-  ``(N, h, w, 3)`` in [0, 255], integer labels ``(N,)``) and optional ``class_names``.
+* ``npz``: a file with ``x_train, y_train, x_test, y_test`` (RGB images ``(N, h, w, 3)``,
+  uint8 or any integer / float dtype with values in [0, 255]; gray ``(N, h, w[, 1])``
+  and RGBA (alpha dropped) are accepted; labels: class indices ``(N,)`` or ``(N, 1)``,
+  or one-hot ``(N, C)``) and optional ``class_names``.
+
+Bad input (image files: see :mod:`kbench.images`) gets a :class:`kbench.KbenchError`
+naming the file, folder, array or index and what to do; unusable files in an image
+folder are listed and skipped with a warning, or refused with ``strict``.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ import keras
 import numpy as np
 
 from kbench import KbenchError
+from kbench.images import IMAGE_EXTENSIONS, decode_image, describe, list_class_tree, read_image  # noqa: F401
+from kbench.npz import load_npz
 
 DATA_ENV = "KBENCH_DATA_DIR"
 SOURCES = ("cifar10", "cifar100", "folder", "npz")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR,
                   "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
@@ -60,55 +67,44 @@ class Split:
         return len(self.y)
 
 
-def read_image(path: str) -> np.ndarray | None:
-    """Decode one image file with OpenCV into ``uint8`` RGB ``(h, w, 3)``.
-
-    Grayscale, palette, RGBA and 16-bit files are converted (alpha dropped, 16-bit
-    scaled to 8-bit). Returns ``None`` when OpenCV cannot decode the file.
-    """
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        return None
-    if img.dtype == np.uint16:
-        img = (img / 257.0).round().astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if img.shape[2] == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def _stack(images: list[np.ndarray]) -> np.ndarray | list:
     shapes = {im.shape for im in images}
     return np.stack(images) if len(shapes) == 1 and images else images
 
 
-def _list_tree(root: str) -> dict[str, list[str]]:
-    """``{class_name: [file paths]}`` for a ``root/<class>/*`` tree (hidden entries ignored)."""
-    classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-    out = {}
-    for c in classes:
-        files = sorted(f for f in os.listdir(os.path.join(root, c)) if not f.startswith("."))
-        out[c] = [os.path.join(root, c, f) for f in files if os.path.isfile(os.path.join(root, c, f))]
-    return out
-
-
-def _decode_files(files: list[str], labels: list[int], strict: bool) -> Split:
+def _decode_files(files: list[str], labels: list[int]) -> tuple[Split, list[tuple[str, str]], list[tuple[str, str]]]:
+    """Decode ``files`` in threads; returns the usable images, the ``(path, problem)``
+    of the unusable ones and the ``(path, note)`` of usable ones worth mentioning."""
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        images = list(pool.map(read_image, files, chunksize=256))
-    bad = [f for f, im in zip(files, images) if im is None]
-    if bad:
-        listing = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-        msg = f"{len(bad)} file(s) could not be decoded as images:\n  {listing}"
+        decoded = list(pool.map(decode_image, files, chunksize=256))
+    bad = [(f, d.problem) for f, d in zip(files, decoded) if d.image is None]
+    notes = [(f, d.note) for f, d in zip(files, decoded) if d.note]
+    keep = [i for i, d in enumerate(decoded) if d.image is not None]
+    split = Split(_stack([decoded[i].image for i in keep]), np.asarray([labels[i] for i in keep], np.int32))
+    return split, bad, notes
+
+
+def report_skipped(root: str, skipped: list[tuple[str, str]], notes: list[tuple[str, str]], strict: bool) -> None:
+    """Warn about (or, with ``strict``, refuse) the entries of an image folder that were not used.
+
+    ``skipped``: ``(path, reason)`` of unusable files and hidden/system/stray entries;
+    ``notes``: ``(path, note)`` of usable files worth mentioning (wrong extension);
+    these never fail, not even with ``strict``.
+
+    Raises:
+        KbenchError: ``strict`` and ``skipped`` is not empty (the first 50 paths are listed).
+    """
+    msg = ""
+    if skipped:
+        msg = f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} under {root} not used as images:\n"
+        msg += describe(skipped)
         if strict:
             raise KbenchError(msg + "\nremove or fix them, or drop --data.strict to skip them with a warning")
-        warnings.warn(msg + "\nskipped (use --data.strict true to make this an error)", stacklevel=2)
-    keep = [i for i, im in enumerate(images) if im is not None]
-    return Split(_stack([images[i] for i in keep]), np.asarray([labels[i] for i in keep], np.int32))
+        msg += "\nskipped (--data.strict true makes this an error)"
+    if notes:
+        msg += ("\n" if msg else "") + f"{len(notes)} file(s) under {root} decoded by content:\n" + describe(notes)
+    if msg:
+        warnings.warn("kbench: " + msg, UserWarning, stacklevel=3)
 
 
 def _subset_per_class(y: np.ndarray, k: int | None, seed: int) -> np.ndarray:
@@ -193,10 +189,17 @@ class DataModule:
         interpolation: OpenCV resize interpolation name.
         augment: random horizontal flips on training batches (disables the
             frozen-prefix cache, whose features must be deterministic).
-        strict: undecodable image files are an error instead of a warning.
+        strict: ``folder`` sources: unusable files (empty, truncated, not an image)
+            and hidden/system/stray entries are an error listing them, instead of
+            being skipped with a warning that lists them (see :func:`report_skipped`).
 
     After :meth:`setup`: ``train``, ``val``, ``test`` (:class:`Split`),
-    ``class_names`` (list of str), ``num_classes``.
+    ``class_names`` (list of str), ``num_classes``; for ``folder`` sources also
+    ``skipped`` (``(path, reason)`` of every entry not used) and ``notes``
+    (``(path, note)`` of files decoded by content despite their extension).
+
+    Raises:
+        KbenchError: an option out of range (named, with its allowed range).
     """
 
     def __init__(self, source: str = "cifar10", root: str | None = None, val_split: float = 0.1,
@@ -207,6 +210,11 @@ class DataModule:
             raise KbenchError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
         if not 0 <= val_split < 1:
             raise KbenchError(f"data.val_split must be in [0, 1), got {val_split}")
+        if not 0 < test_split < 1:
+            raise KbenchError(f"data.test_split must be in (0, 1), got {test_split}")
+        for key, k in (("max_train_per_class", max_train_per_class), ("max_test_per_class", max_test_per_class)):
+            if k is not None and k < 1:
+                raise KbenchError(f"data.{key} must be >= 1 or null (= all images), got {k}")
         if batch_size < 1:
             raise KbenchError(f"data.batch_size must be >= 1, got {batch_size}")
         if interpolation not in INTERPOLATIONS:
@@ -217,6 +225,8 @@ class DataModule:
         self.interpolation = interpolation
         self.train = self.val = self.test = None
         self.class_names: list[str] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.notes: list[tuple[str, str]] = []
 
     @property
     def num_classes(self) -> int:
@@ -227,7 +237,11 @@ class DataModule:
         """Load the source, take subsets, split off validation. Idempotent.
 
         Raises:
-            KbenchError: missing/unreadable data, with the accepted local sources.
+            KbenchError: missing/unreadable data (with the accepted local sources);
+                folder: fewer than 2 class folders, empty class folders, different
+                class folders in train and test, a class left without usable images,
+                unusable files with ``strict``; npz: missing arrays, wrong shapes or
+                lengths, labels out of range, NaN/inf or out-of-range pixel values.
         """
         if self.train is not None:
             return self
@@ -307,24 +321,17 @@ class DataModule:
         if not root or not os.path.isdir(root):
             raise KbenchError(f"data root {root!r} is not a folder; pass --data.root PATH to an image folder")
         if os.path.isdir(os.path.join(root, "train")):
-            trees = {"train": _list_tree(os.path.join(root, "train"))}
-            test_dir = os.path.join(root, "test")
-            trees["test"] = _list_tree(test_dir) if os.path.isdir(test_dir) else {}
-            names = sorted(trees["train"])
-            if trees["test"] and sorted(trees["test"]) != names:
-                raise KbenchError(
-                    f"train and test class folders differ under {root}: only in train: "
-                    f"{sorted(set(names) - set(trees['test']))}, only in test: {sorted(set(trees['test']) - set(names))}"
-                )
+            dirs = {"train": os.path.join(root, "train"), "test": os.path.join(root, "test")}
         else:
-            trees = {"all": _list_tree(root)}
-            names = sorted(trees["all"])
-        if len(names) < 2:
-            raise KbenchError(f"{root}: found {len(names)} class folder(s) {names}; need at least 2")
-        empty = [c for t in trees.values() for c, files in t.items() if not files]
-        if empty:
-            raise KbenchError(f"{root}: empty class folder(s): {', '.join(sorted(set(empty)))}")
-        out = {}
+            dirs = {"all": root}
+        trees, skipped = {}, []
+        for split, d in dirs.items():
+            if os.path.isdir(d):
+                trees[split], bad = list_class_tree(d)
+                skipped += bad
+        names = sorted(next(iter(trees.values())))
+        self._check_class_folders(root, dirs, trees, names)
+        out, notes = {}, []
         for split, tree in trees.items():
             files = [f for c in names for f in tree.get(c, [])]
             labels = [i for i, c in enumerate(names) for _ in tree.get(c, [])]
@@ -334,40 +341,45 @@ class DataModule:
                 keep = _subset_per_class(np.asarray(labels), self.max_test_per_class, self.seed + 1)
             else:
                 keep = np.arange(len(files))
-            out[split] = _decode_files([files[i] for i in keep], [labels[i] for i in keep], self.strict)
+            out[split], bad, note = _decode_files([files[i] for i in keep], [labels[i] for i in keep])
+            skipped += bad
+            notes += note
+        self.skipped, self.notes = skipped, notes
+        report_skipped(root, skipped, notes, self.strict)
+        for split, s in out.items():
+            unusable = [names[c] for c in range(len(names)) if not np.any(s.y == c)]
+            if unusable:
+                raise KbenchError(f"no usable images in class folder(s) {', '.join(os.path.join(dirs[split], c) for c in unusable)} "
+                                  "(all skipped, see the list above); add images or remove the folder(s)")
         if "all" in out:
             tr, te = stratified_split(out["all"].y, self.test_split, self.seed + 2)
             out["train"], out["test"] = self._take(out["all"], tr), self._take(out["all"], te)
-        if not len(out["test"]):
-            raise KbenchError(f"{root}: no test images (expected {root}/test/<class>/*)")
         return out["train"], out["test"], names
 
+    @staticmethod
+    def _check_class_folders(root, dirs, trees, names) -> None:
+        first = next(iter(dirs.values()))
+        if "train" in dirs and "test" not in trees:
+            raise KbenchError(f"{root}: no test folder (expected {dirs['test']}/<class>/*); add one, or put the "
+                              "class folders directly under the root to split them with --data.test_split")
+        if len(names) < 2:
+            loose = [f for f in os.listdir(first) if os.path.isfile(os.path.join(first, f))]
+            hint = (f"; the {len(loose)} file(s) directly in it must go into one folder per class" if loose
+                    and not names else "")
+            raise KbenchError(f"{first}: found {len(names)} class folder(s) {names}{hint}; a classifier needs at "
+                              f"least 2: put each class's images in its own folder {first}/<class>/")
+        if "test" in trees and sorted(trees["test"]) != names:
+            only_train = sorted(set(names) - set(trees["test"]))
+            only_test = sorted(set(trees["test"]) - set(names))
+            raise KbenchError(f"train and test class folders differ under {root}: only in {dirs['train']}: "
+                              f"{only_train}, only in {dirs['test']}: {only_test}; give both the same class folders")
+        empty = [os.path.join(dirs[s], c) for s, t in trees.items() for c, files in t.items() if not files]
+        if empty:
+            raise KbenchError(f"empty class folder(s): {', '.join(empty)}; add images or remove the folder(s)")
+
     def _load_npz(self):
-        path = os.path.expanduser(self.root or "")
-        if not os.path.isfile(path):
-            raise KbenchError(f"npz file {path!r} does not exist; pass --data.root FILE.npz")
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
-            if missing:
-                raise KbenchError(f"{path}: missing arrays {missing}; need x_train, y_train, x_test, y_test")
-            splits = []
-            for s in ("train", "test"):
-                x, y = z[f"x_{s}"], z[f"y_{s}"]
-                if x.ndim != 4 or x.shape[-1] not in (1, 3):
-                    raise KbenchError(f"{path}: x_{s} has shape {x.shape}; expected (N, h, w, 3)")
-                y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-                if y.ndim != 1 or len(y) != len(x):
-                    raise KbenchError(f"{path}: y_{s} has shape {y.shape}; expected ({len(x)},) integer labels")
-                if np.issubdtype(x.dtype, np.floating):
-                    if not np.isfinite(x).all():
-                        raise KbenchError(f"{path}: x_{s} contains NaN or infinite values")
-                    x = np.clip(x, 0, 255).round().astype(np.uint8)
-                if x.shape[-1] == 1:
-                    x = np.repeat(x, 3, axis=-1)
-                splits.append(Split(x.astype(np.uint8), y.astype(np.int32)))
-            n = int(max(splits[0].y.max(), splits[1].y.max())) + 1
-            names = [str(c) for c in z["class_names"]] if "class_names" in z else [str(i) for i in range(n)]
-        return splits[0], splits[1], names
+        (xtr, ytr), (xte, yte), names = load_npz(os.path.expanduser(self.root or ""))
+        return Split(xtr, ytr), Split(xte, yte), names
 
     # ---------------------------------------------------------------- batches
     def loader(self, split: str, image_size: int | None, shuffle: bool = False,
