@@ -14,15 +14,17 @@ rescaling inside the model (mode ``none`` here).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers, ops, tree
 
 from kbench import KbenchError
 
@@ -161,6 +163,39 @@ class Preprocess(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="kbench")
+class ClassNames(layers.Layer):
+    """Pass-through last layer that stores the class names in the saved model.
+
+    ``call`` returns its input unchanged (any shape and dtype; no casting, no
+    variables), so the model computes exactly what it did without it. Its config
+    (``class_names``: list of str, index = class id; ``from_logits``: whether the
+    values passing through are logits or probabilities) travels in the ``.keras``
+    file, so :func:`load_saved_model` can recover them on any backend.
+    """
+
+    def __init__(self, class_names: list[str], from_logits: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = [str(c) for c in class_names]
+        self.from_logits = bool(from_logits)
+        self._convert_input_args = False  # pure identity: never cast float32 logits to a mixed policy
+        self.supports_masking = True
+        self.built = True
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, x):
+        # A new symbolic tensor, so the functional graph gets a node of its own.
+        return tree.map_structure(lambda t: keras.KerasTensor(t.shape, dtype=t.dtype, sparse=t.sparse), x)
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": list(self.class_names), "from_logits": self.from_logits}
+
+
 def check_weights_file(weights: str) -> str:
     """Validate a ``--model.weights`` path (not ``imagenet``/``none``) and return it expanded.
 
@@ -275,6 +310,7 @@ class TransferModel:
         self.image_size, self.num_classes = image_size, num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.from_logits = head[-1].get_config().get("activation") != "softmax"
+        self.names_layer = ClassNames(self.class_names, self.from_logits, name="class_names")
         self.base_training: bool | None = None
         self.keras_model = self.compose()
 
@@ -286,11 +322,15 @@ class TransferModel:
     def compose(self, base_training: bool | None = None) -> keras.Model:
         """(Re)build the end-to-end model; ``base_training=False`` keeps the whole
         backbone (BatchNormalization, dropout) in inference mode, ``None`` lets it
-        follow ``fit``/``evaluate``. Shares all variables with earlier graphs."""
+        follow ``fit``/``evaluate``. Shares all variables with earlier graphs.
+
+        The last layer is the variable-free pass-through :class:`ClassNames`, so a
+        saved model carries its class names (:func:`load_saved_model`)."""
         self.base_training = base_training
         inputs = keras.Input((self.image_size, self.image_size, 3), name="image")
         x = self.base(self.preprocess(inputs), training=base_training)
-        self.keras_model = keras.Model(inputs, self._apply_head(x), name=f"{self.spec.name}_transfer")
+        out = self.names_layer(self._apply_head(x))
+        self.keras_model = keras.Model(inputs, out, name=f"{self.spec.name}_transfer")
         return self.keras_model
 
     def split(self, cut: str) -> tuple[keras.Model, keras.Model]:
@@ -339,3 +379,105 @@ def build_model(backbone: str, weights: str, image_size: int | None, head: str, 
     base = build_backbone(spec, size, weights)
     return TransferModel(spec, base, mode, build_head(head, num_classes, head_dropout, head_hidden), size,
                          num_classes, class_names)
+
+
+REFUSED_MODEL_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".npy", ".npz", ".h5", ".hdf5", ".tf", ".pb")
+
+
+class LoadedModel(NamedTuple):
+    """A kbench model read back by :func:`load_saved_model` (unpacks as a 5-tuple).
+
+    Attributes:
+        model: the end-to-end ``keras.Model``: ``float32 (b, image_size, image_size, 3)``
+            RGB pixels in [0, 255] -> ``float32 (b, len(class_names))``.
+        class_names: list of str, index = class id.
+        preprocess: the :class:`Preprocess` mode inside the model (one of :data:`PREPROCESS_MODES`).
+        image_size: input side in pixels.
+        from_logits: True when the output is logits, False when it is softmax probabilities.
+    """
+
+    model: keras.Model
+    class_names: list[str]
+    preprocess: str
+    image_size: int
+    from_logits: bool
+
+
+def _refuse_model_file(path: str, why: str) -> KbenchError:
+    return KbenchError(
+        f"model file {path!r} {why}; only .keras files saved by kbench are accepted "
+        "(pickled files are refused for safety: .pkl, .pickle, .pt, .pth)"
+    )
+
+
+def _names_from_results(path: str, n: int) -> list[str] | None:
+    """``class_names`` from a run's ``results.json`` (plain JSON) if it lists ``n`` of them."""
+    try:
+        with open(path) as f:
+            names = json.load(f).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(c) for c in names] if isinstance(names, list) and len(names) == n else None
+
+
+def load_saved_model(path: str) -> LoadedModel:
+    """Load a ``.keras`` model saved by kbench (``model.keras``) on the current backend.
+
+    The file must be a ``.keras`` zip archive; it is loaded with Keras safe mode
+    (``safe_mode=True``: no lambda or other arbitrary code is deserialized) and
+    without its optimizer (``compile=False``). Only ``import kbench.models`` is
+    needed for its custom layers (:class:`Preprocess`, :class:`ClassNames`).
+    Models saved before :class:`ClassNames` existed take their class names from
+    the run's ``results.json`` beside the file, else ``"0".."n-1"`` with a warning.
+
+    Returns:
+        A :class:`LoadedModel` ``(model, class_names, preprocess, image_size, from_logits)``.
+
+    Raises:
+        KbenchError: the file is missing; has another suffix (pickles, ``.h5`` full
+            models, NumPy files...) or is not a zip archive with a Keras config;
+            cannot be deserialized in safe mode; or is a Keras model without
+            kbench's ``Preprocess`` layer or with a non-square image input.
+    """
+    shown = path
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise KbenchError(f"model file {shown!r} does not exist; pass the model.keras written by a kbench run")
+    if not os.path.isfile(path):
+        raise _refuse_model_file(shown, "is not a file")
+    low = path.lower()
+    if low.endswith(REFUSED_MODEL_SUFFIXES) or not low.endswith(".keras"):
+        raise _refuse_model_file(shown, "is not a .keras file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        raise _refuse_model_file(shown, "is not a .keras archive (not a zip file)") from None
+    if "config.json" not in names:
+        raise _refuse_model_file(shown, "is a zip file without a Keras config.json")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # keras raises TypeError / ValueError / KeyError for configs it cannot rebuild
+        raise KbenchError(
+            f"model file {shown!r} could not be loaded in Keras safe mode ({type(e).__name__}: {str(e)[:300]}); "
+            "only .keras files saved by kbench are accepted"
+        ) from None
+    pre = [layer for layer in model.layers if isinstance(layer, Preprocess)]
+    if not isinstance(model, keras.Model) or not pre:
+        raise KbenchError(f"model file {shown!r} is a Keras model but not one saved by kbench "
+                          "(it has no kbench Preprocess layer)")
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise KbenchError(f"model file {shown!r}: input shape {shape} is not (batch, size, size, 3)")
+    last = model.layers[-1]
+    if isinstance(last, ClassNames):
+        names_out, from_logits = list(last.class_names), last.from_logits
+    else:  # saved before ClassNames existed: the run's results.json beside it, else indices
+        n = int(model.output_shape[-1])
+        from_logits = last.get_config().get("activation") != "softmax"
+        names_out = _names_from_results(os.path.join(os.path.dirname(path), "results.json"), n)
+        if names_out is None:
+            names_out = [str(i) for i in range(n)]
+            warnings.warn(f"model file {shown!r} carries no class names (saved before kbench stored them) "
+                          f"and has no results.json beside it; using class indices 0..{n - 1}", stacklevel=2)
+    return LoadedModel(model, names_out, pre[0].mode, int(shape[1]), from_logits)
