@@ -11,6 +11,7 @@ The defaults are the reference scenario: VGG16 at 64x64 on CIFAR-10, ``fine_tune
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -124,6 +125,10 @@ class TrainerConfig:
         name: run name (null = <backbone>-<recipe>); run folder is <default_root_dir>/<name>-<timestamp>.
         enable_progress_bar: rich progress bars.
         inference_batches: batches timed end to end for inference images/s (0 = skip).
+        enable_checkpointing: write checkpoints/epoch-NNNN after every epoch (needed for --resume).
+        monitor: val_accuracy, val_loss, accuracy or loss: picks the best epoch, whose weights are tested and saved.
+        save_top_k: best epoch checkpoints kept besides the last one.
+        early_stopping_patience: end a phase after this many epochs without a better monitor value (null = never).
     """
 
     max_epochs: Optional[int] = None
@@ -140,6 +145,10 @@ class TrainerConfig:
     name: Optional[str] = None
     enable_progress_bar: bool = True
     inference_batches: int = 10
+    enable_checkpointing: bool = True
+    monitor: Literal["val_accuracy", "val_loss", "accuracy", "loss"] = "val_accuracy"
+    save_top_k: int = 1
+    early_stopping_patience: Optional[int] = None
 
 
 @dataclass
@@ -150,10 +159,11 @@ class RunConfig:
     model: ModelConfig
     recipe: RecipeConfig
     trainer: TrainerConfig
+    resume: Optional[str] = None
 
     def to_dict(self) -> dict:
-        """Plain nested dict, as written to ``config.yaml``."""
-        return asdict(self)
+        """Plain nested dict of the four sections, as written to ``config.yaml``."""
+        return {k: v for k, v in asdict(self).items() if k in SECTIONS}
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "recipe": RecipeConfig, "trainer": TrainerConfig}
@@ -167,6 +177,9 @@ def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
     p = ArgumentParser(prog=prog, exit_on_error=False, description="kbench: transfer-learning trainer for "
                        "Keras 3 (backend from KERAS_BACKEND: jax, tensorflow or torch).")
     p.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later ones override earlier")
+    p.add_argument("--resume", type=Optional[str], default=None,
+                   help="continue a run from its last checkpoint: a run folder (runs/<name>-<time>) or one of its "
+                        "checkpoints/<tag> folders; the run's config.yaml is the base config")
     for name, cls in SECTIONS.items():
         p.add_class_arguments(cls, name)
     return p
@@ -177,7 +190,7 @@ def explain(message: str) -> str:
     keys = {f"{sec}.{f.name}" for sec, cls in SECTIONS.items() for f in fields(cls)}
     grouped = [f"{g}.{o}" for g, o in re.findall(r"Group '(\w+)' does not accept option '(\w+)'", message)]
     for bad in grouped + re.findall(r"--?([\w.]+)", message):
-        if bad in keys or bad in ("config", "print_config", "help"):
+        if bad in keys or bad in ("config", "print_config", "help", "resume"):
             continue
         sec = bad.split(".")[0]
         valid = sorted(k for k in keys if k.startswith(sec + ".")) if sec in SECTIONS else sorted(SECTIONS)
@@ -187,6 +200,55 @@ def explain(message: str) -> str:
     return message
 
 
+# Keys that may differ between a run and its --resume (they do not change results).
+RESUME_MAY_DIFFER = {"trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.name",
+                     "trainer.inference_batches"}
+
+
+def _fail(msg: str, prog: str = "python -m kbench.run"):
+    print(f"error: {msg}\n(run `{prog} --help` for all options)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _resume_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--resume" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--resume="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def resume_run_dir(path: str) -> str:
+    """The run folder of ``--resume PATH`` (a run folder or ``<run>/checkpoints/<tag>``).
+
+    Raises:
+        SystemExit(2): the folder does not exist or has no ``config.yaml``.
+    """
+    if not os.path.isdir(path):
+        _fail(f"--resume {path!r}: no such folder; pass a run folder such as runs/<name>-<time>")
+    run_dir = path
+    if os.path.isfile(os.path.join(path, "state.json")):
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        _fail(f"--resume {path!r}: {run_dir!r} has no config.yaml, so it is not a kbench run folder")
+    return run_dir
+
+
+def _check_same_config(cfg: "RunConfig", run_dir: str) -> None:
+    import yaml
+
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        saved = yaml.safe_load(f) or {}
+    now = cfg.to_dict()
+    diffs = [f"{sec}.{k}: {saved.get(sec, {}).get(k)!r} in the run, {v!r} now"
+             for sec, vals in now.items() for k, v in vals.items()
+             if f"{sec}.{k}" not in RESUME_MAY_DIFFER and k in saved.get(sec, {}) and saved[sec][k] != v]
+    if diffs:
+        _fail(f"--resume {run_dir!r} belongs to another config; these keys differ:\n  " + "\n  ".join(diffs)
+              + "\ndrop the --config file or overrides that change them, or start a new run")
+
+
 def parse(argv: list[str] | None = None) -> RunConfig:
     """Parse ``argv`` into a :class:`RunConfig`.
 
@@ -194,12 +256,18 @@ def parse(argv: list[str] | None = None) -> RunConfig:
     missing config file) prints one message naming the key and exits with status 2.
     """
     p = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resume = _resume_arg(argv)
+    run_dir = resume_run_dir(resume) if resume else None
+    if run_dir:  # the run's own config is the base; explicit overrides are checked below
+        argv = ["--config", os.path.join(run_dir, "config.yaml"), *argv]
     try:
         ns = p.parse_args(argv)
     except ArgumentError as e:
         msg = explain(str(e).strip())
-        msg = re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", msg)
-        print(f"error: {msg}\n(run `{p.prog} --help` for all options)", file=sys.stderr)
-        sys.exit(2)
+        _fail(re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", msg), p.prog)
     init = p.instantiate(ns)
-    return RunConfig(**{k: getattr(init, k) for k in SECTIONS})
+    cfg = RunConfig(**{k: getattr(init, k) for k in SECTIONS}, resume=resume)
+    if run_dir:
+        _check_same_config(cfg, run_dir)
+    return cfg

@@ -30,16 +30,16 @@ def write_json_atomic(path: str, data: dict) -> None:
 
 
 def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: list[dict], test: dict,
-                  inference: dict, cache_time_s: float, model_path: str, total_time_s: float) -> dict:
+                  inference: dict, cache_time_s: float, model_path: str, total_time_s: float,
+                  extra: dict | None = None) -> dict:
     """Assemble and write ``<run_dir>/results.json``; returns the dict.
 
     Units: times in seconds, throughput in images/s, memory in MiB. ``total_time_s``
     runs from ``Trainer.fit`` entry (data set-up) to the model save;
     ``train_time_s`` sums the phases (their prefix caching included);
     ``cache_time_s`` is all frozen-prefix computation (test split included).
+    ``extra`` (best/tested epoch, resume origin) is merged in.
     """
-    best = max((r for r in trainer.history if r.get("val_accuracy") is not None),
-               key=lambda r: r["val_accuracy"], default=None)
     results = {
         "format": RESULTS_FORMAT,
         "kbench_version": __version__,
@@ -65,8 +65,6 @@ def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: l
         "test_images": test["images"],
         "test_via_cache": test.get("via_cache"),
         "epochs": len(trainer.history),
-        "best_val_epoch": best["epoch"] if best else None,
-        "best_val_accuracy": best["val_accuracy"] if best else None,
         "phases": phases,
         "train_time_s": sum(p["wall_time_s"] for p in phases),
         "cache_time_s": cache_time_s,
@@ -76,7 +74,19 @@ def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: l
         "peak_host_memory_mb": backend.peak_host_memory_mb(),
         "peak_device_memory_mb": backend.peak_device_memory_mb(),
         "model_path": os.path.basename(model_path),
+        **(extra or {}),
     }
+    write_json_atomic(os.path.join(run_dir, "results.json"), results)
+    return results
+
+
+def write_status(run_dir: str, status: str, **fields) -> dict:
+    """Write a ``results.json`` for a run that did not complete (``status`` is
+    ``interrupted`` or ``failed``), with the backend, versions and ``fields``
+    (epoch, step, error message, checkpoint paths, metric history)."""
+    results = {"format": RESULTS_FORMAT, "kbench_version": __version__,
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": status,
+               "backend": backend.name(), "versions": backend.versions(), "device": backend.device(), **fields}
     write_json_atomic(os.path.join(run_dir, "results.json"), results)
     return results
 

@@ -1,12 +1,14 @@
 """``python -m kbench.run``: parse the config, build the parts, call the trainer.
 
 Exit status: 0 on success, 2 on a user error (bad config, missing data or
-weights: one clear message, no traceback), 130 on Ctrl-C.
+weights, a non-finite loss: one clear message, no traceback), 130 on Ctrl-C
+(SIGINT) and 143 on SIGTERM, after a checkpoint and ``results.json`` are written.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from rich.console import Console
@@ -17,8 +19,12 @@ from kbench.config import RunConfig, parse
 console = Console() if Console().is_terminal else Console(width=120)
 
 
-def run(cfg: RunConfig) -> dict:
-    """Build DataModule, TransferModel, Recipe and Trainer from ``cfg`` and fit.
+def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
+    """Build DataModule, TransferModel, Recipe and Trainer from ``cfg`` and fit
+    (resuming from ``cfg.resume`` when set).
+
+    Args:
+        callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
 
     Returns the results dict (also written to ``results.json``).
     """
@@ -39,7 +45,9 @@ def run(cfg: RunConfig) -> dict:
                       fast_dev_run=t.fast_dev_run, precision=t.precision, jit_compile=t.jit_compile, seed=t.seed,
                       deterministic=t.deterministic, default_root_dir=t.default_root_dir,
                       name=t.name or f"{m.backbone}-{r.name}", enable_progress_bar=t.enable_progress_bar,
-                      inference_batches=t.inference_batches, console=console)
+                      inference_batches=t.inference_batches, enable_checkpointing=t.enable_checkpointing,
+                      monitor=t.monitor, save_top_k=t.save_top_k, early_stopping_patience=t.early_stopping_patience,
+                      callbacks=callbacks, console=console)
     dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
                     d.max_test_per_class, d.interpolation, d.augment, d.strict)
     size = m.image_size or spec.default_size
@@ -47,13 +55,19 @@ def run(cfg: RunConfig) -> dict:
     check_input_size(spec, size)
     if m.weights not in ("imagenet", "none"):
         check_weights_file(m.weights)
-    check_writable(t.default_root_dir)
+    if cfg.resume:
+        from kbench import checkpoint
+
+        checkpoint.load_state(checkpoint.find(cfg.resume))  # a newer format or no checkpoint: fail before work
+    else:
+        check_writable(t.default_root_dir)
     dm.setup()
     model = build_model(m.backbone, m.weights, size, m.head, m.head_dropout, m.preprocess,
                         dm.num_classes, dm.class_names, m.head_hidden)
-    trainer.make_run_dir()
+    if not cfg.resume:
+        trainer.make_run_dir()
     recipe = Recipe(r.name, phases, r.optimizer, r.weight_decay, r.momentum, r.cache)
-    return trainer.fit(model, dm, recipe, config=cfg.to_dict())
+    return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
 
 
 def check_writable(root: str) -> None:
@@ -70,17 +84,18 @@ def check_writable(root: str) -> None:
                                  "set --trainer.default_root_dir to a writable folder")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status."""
+def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
+    """Console entry point; returns the exit status (see the module docstring)."""
     cfg = parse(argv)
     try:
-        results = run(cfg)
+        results = run(cfg, callbacks)
     except kbench.KbenchError as e:
         console.print(f"[bold red]error:[/] {e}")
         return 2
-    except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]")
-        return 130
+    except KeyboardInterrupt as e:  # TrainingInterrupted carries the signal; a second Ctrl-C does not
+        signum = getattr(e, "signum", signal.SIGINT)
+        console.print(f"[bold red]interrupted ({signal.Signals(signum).name})[/]")
+        return 128 + signum
     console.print(f"test top-1 accuracy {results['test_accuracy']:.4f}")
     return 0
 

@@ -18,8 +18,10 @@ feature caching), so that loop lives here; each phase's epochs are plain
 
 from __future__ import annotations
 
+import csv
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -27,8 +29,9 @@ import keras
 import numpy as np
 from rich.console import Console
 
-from kbench import KbenchError, backend
-from kbench.callbacks import MaxStepsStopper, MetricsLogger, RichProgressBar, ThroughputMeter
+from kbench import KbenchError, backend, checkpoint
+from kbench.cache import FeatureCache
+from kbench.callbacks import CSV_FIELDS, MaxStepsStopper, MetricsLogger, RichProgressBar, ThroughputMeter, current_lr
 from kbench.data import BatchSequence, DataModule
 from kbench.models import TransferModel
 from kbench.recipes import (
@@ -40,7 +43,7 @@ from kbench.recipes import (
     first_trainable_index,
     snapshot_frozen,
 )
-from kbench.results import summary_table, write_results
+from kbench.results import summary_table, write_results, write_status
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -81,60 +84,6 @@ def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: fl
     raise KbenchError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-class FeatureCache:
-    """Outputs of frozen backbone prefixes, per split, computed once.
-
-    The shallowest cut that any phase needs is computed from images; deeper cuts
-    are derived from it by running only the layers in between. Arrays are
-    ``float32 (N, h, w, c)`` in sample order of the split (never modified).
-    """
-
-    def __init__(self, model: TransferModel, datamodule: DataModule, trainer: "Trainer"):
-        self.tm, self.dm, self.trainer = model, datamodule, trainer
-        self.store: dict[tuple[str, str], np.ndarray] = {}
-        self.root_cut: str | None = None
-        self.seconds = 0.0
-
-    def _index(self, cut: str) -> int:
-        return [layer.name for layer in self.tm.base.layers].index(cut)
-
-    def plan(self, cuts: list[str]) -> None:
-        """Declare the cuts the run will need; the shallowest is computed from images."""
-        self.root_cut = min(cuts, key=self._index) if cuts else None
-
-    def get(self, split: str, cut: str) -> np.ndarray:
-        """Features of ``split`` at the output of base layer ``cut``; adds the time
-        spent computing them to :attr:`seconds`."""
-        t0 = time.perf_counter()
-        out = self._get(split, cut)
-        self.seconds += time.perf_counter() - t0
-        return out
-
-    def _get(self, split: str, cut: str) -> np.ndarray:
-        key = (split, cut)
-        if key in self.store:
-            return self.store[key]
-        root = self.root_cut if self.root_cut and self._index(self.root_cut) <= self._index(cut) else cut
-        limit = self.trainer._limit(split)
-        if root == cut:
-            prefix, _ = self.tm.split(cut)
-            seq = self.dm.loader(split, self.tm.image_size, limit_batches=limit)
-        else:
-            src = self._get(split, root)
-            prefix = keras.Model(self.tm.base.get_layer(root).output, self.tm.base.get_layer(cut).output)
-            seq = BatchSequence(src, np.zeros(len(src), np.int32), self.dm.batch_size, None)
-        bar = self.trainer._progress(f"cache {cut} ({split})")
-        feats = prefix.predict(seq, verbose=0, callbacks=bar)
-        self.store[key] = np.asarray(feats, dtype=np.float32)
-        return self.store[key]
-
-    def labels(self, split: str) -> np.ndarray:
-        """Labels aligned with the cached features of ``split`` (limits applied)."""
-        s = getattr(self.dm, split)
-        n = next(len(v) for (sp, _), v in self.store.items() if sp == split)
-        return s.y[:n]
-
-
 class Trainer:
     """Runs recipes on a :class:`~kbench.models.TransferModel` and a :class:`~kbench.data.DataModule`.
 
@@ -155,9 +104,16 @@ class Trainer:
         enable_progress_bar: rich progress bars and per-epoch lines.
         inference_batches: batches timed end to end (after 2 warm-up) for
             inference images/s in ``results.json`` (0 = skip).
+        enable_checkpointing: write ``checkpoints/epoch-NNNN`` after every epoch
+            (see :mod:`kbench.checkpoint`); off keeps the best weights in memory only.
+        monitor: metric that picks the best epoch (``val_accuracy``, ``val_loss``,
+            ``accuracy``, ``loss``); the best epoch's weights are tested and saved.
+        save_top_k: best epoch checkpoints kept besides the last one.
+        early_stopping_patience: end a phase after this many epochs without a
+            better ``monitor`` (None = never).
 
     Raises:
-        KbenchError: unknown precision, unwritable ``default_root_dir``.
+        KbenchError: unknown precision or monitor, unwritable ``default_root_dir``.
     """
 
     def __init__(self, max_epochs: int | None = None, max_steps: int = -1,
@@ -166,7 +122,8 @@ class Trainer:
                  precision: str = "float32", jit_compile: bool | str = "auto", seed: int = 42,
                  deterministic: bool = True, callbacks: list | None = None, default_root_dir: str = "runs",
                  name: str = "kbench", enable_progress_bar: bool = True, inference_batches: int = 10,
-                 console: Console | None = None):
+                 enable_checkpointing: bool = True, monitor: str = "val_accuracy", save_top_k: int = 1,
+                 early_stopping_patience: int | None = None, console: Console | None = None):
         if precision not in PRECISIONS:
             raise KbenchError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         self.max_epochs, self.max_steps, self.fast_dev_run = max_epochs, max_steps, fast_dev_run
@@ -179,6 +136,10 @@ class Trainer:
         self.run_dir: str | None = None
         self.history: list[dict] = []
         self.results: dict = {}
+        self.enable_checkpointing = enable_checkpointing
+        self.tracker = checkpoint.BestTracker(monitor, save_top_k, early_stopping_patience)
+        self.guard = checkpoint.SignalGuard()
+        self._pos: dict = {"phase_index": None, "net": None, "epoch": 0, "step": 0}
         keras.config.set_dtype_policy(precision)
         backend.prepare_environment()
         backend.seed_everything(seed, deterministic)
@@ -188,7 +149,10 @@ class Trainer:
         return 1 if self.fast_dev_run else self.limits[split]
 
     def _progress(self, description: str) -> list:
-        return [RichProgressBar(self.console, description)] if self.enable_progress_bar else []
+        """Callbacks for every fit/evaluate/predict: progress bar (if enabled) and the
+        signal / non-finite-loss guard."""
+        bar = [RichProgressBar(self.console, description)] if self.enable_progress_bar else []
+        return [*bar, checkpoint.GuardCallback(self.guard)]
 
     def _log(self, msg: str) -> None:
         self.console.print(msg)
@@ -236,98 +200,238 @@ class Trainer:
         return cache_cut(tm.base, first_trainable_index(tm.base, phase.train_base))
 
     # ------------------------------------------------------------ API
-    def fit(self, model: TransferModel, datamodule: DataModule, recipe: Recipe, config: dict | None = None) -> dict:
+    def fit(self, model: TransferModel, datamodule: DataModule, recipe: Recipe, config: dict | None = None,
+            ckpt_path: str | None = None) -> dict:
         """Train ``model`` with ``recipe``, then test it and write the run folder.
 
         Writes ``config.yaml`` (when ``config`` is given), ``metrics.csv``,
-        ``results.json`` and ``model.keras`` into :attr:`run_dir`.
+        ``checkpoints/``, ``results.json`` and ``model.keras`` into :attr:`run_dir`.
+        The model that is tested and saved is the one from the best epoch by
+        ``monitor`` (``results.json`` names it).
+
+        Args:
+            ckpt_path: a run folder or checkpoint folder to resume from: the run
+                continues in that run folder from its last epoch checkpoint (same
+                phase, epoch, optimizer state, dropout generator state).
 
         Returns:
             The results dict (also in ``results.json``).
 
         Raises:
-            KbenchError: user errors (data, config); RuntimeError if a frozen
-            variable changed during a phase.
+            KbenchError: user errors (data, config, a checkpoint of another run), a
+                non-finite loss (the last good checkpoint is kept);
+            checkpoint.TrainingInterrupted: SIGINT/SIGTERM (an ``interrupted``
+                checkpoint and ``results.json`` are written first);
+            RuntimeError: a frozen variable changed during a phase.
         """
         t_start = time.perf_counter()
         datamodule.setup()
+        ckpt, state = (checkpoint.find(ckpt_path), None) if ckpt_path else (None, None)
+        if ckpt:
+            state = checkpoint.load_state(ckpt)
+            self.run_dir = self.run_dir or os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
         run_dir = self.run_dir or self.make_run_dir()
-        if config is not None:
+        e2e = model.compose(base_training=None)
+        if self.enable_checkpointing:
+            checkpoint.check_free_space(run_dir, 3 * checkpoint.estimate_bytes(e2e))
+        if config is not None and not ckpt:
             import yaml
 
             with open(os.path.join(run_dir, "config.yaml"), "w") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
+        csv_path = os.path.join(run_dir, "metrics.csv")
+        epoch, step, phase_info = 0, 0, []
+        if state:
+            epoch, step, phase_info = self._resume(ckpt, state, model, e2e, datamodule, recipe, csv_path)
         self._log(f"[bold]kbench[/] {recipe.name} on {model.spec.name} @ {model.image_size}px, backend "
                   f"{backend.name()}, {len(datamodule.train)} train / {len(datamodule.val)} val / "
-                  f"{len(datamodule.test)} test images, run folder {run_dir}")
+                  f"{len(datamodule.test)} test images, run folder {run_dir}"
+                  + (f", resuming after epoch {epoch} from {ckpt}" if ckpt else ""))
         epochs = self._phase_epochs(recipe.phases)
         cuts = [self._cut_for(model, p, datamodule, recipe) if n else None for p, n in zip(recipe.phases, epochs)]
         cache = FeatureCache(model, datamodule, self)
         cache.plan([c for c in cuts if c])
-        csv_path = os.path.join(run_dir, "metrics.csv")
-        epoch, step, phase_info = 0, 0, []
-        for phase, n_epochs, cut in zip(recipe.phases, epochs, cuts):
-            if n_epochs == 0:
-                if phase.epochs:
-                    self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_epochs={self.max_epochs} reached")
-                continue
-            if 0 < self.max_steps <= step:
-                self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_steps={self.max_steps} reached")
-                continue
-            apply_phase(model.base, phase)
-            e2e = model.compose(base_training=False if phase.base_inference else None)
-            trainable, frozen = count_params(e2e)
-            self._log(f"[bold cyan]phase {phase.name}[/]: {n_epochs} epoch(s) at learning rate "
-                      f"{phase.learning_rate:g}; trainable params {trainable:,}, non-trainable {frozen:,}"
-                      + (f"; frozen-prefix cache at {cut!r}" if cut else ""))
-            before = snapshot_frozen(e2e)
-            t0 = time.perf_counter()
-            cache_s = cache.seconds
-            if cut:
-                train_x, val_x = cache.get("train", cut), cache.get("val", cut) if len(datamodule.val) else None
-                _, net = model.split(cut)
-                train_seq = BatchSequence(train_x, cache.labels("train"), datamodule.batch_size, None, shuffle=True,
-                                          seed=datamodule.seed, limit_batches=self._limit("train"))
-                val_seq = (BatchSequence(val_x, cache.labels("val"), datamodule.batch_size, None,
-                                         limit_batches=self._limit("val")) if val_x is not None else None)
-            else:
-                net = e2e
-                train_seq = datamodule.loader("train", model.image_size, shuffle=True, limit_batches=self._limit("train"))
-                val_seq = (datamodule.loader("val", model.image_size, limit_batches=self._limit("val"))
-                           if len(datamodule.val) else None)
-            train_seq.epoch = epoch
-            self._compile(net, model, recipe, phase.learning_rate)
-            meter = ThroughputMeter(train_seq.batch_sizes(), global_step=step)
-            logger = MetricsLogger(csv_path, phase.name, meter)
-            cbs = [meter, logger, MaxStepsStopper(meter, self.max_steps), *self._progress(phase.name), *self.callbacks]
-            t_fit = time.perf_counter()
-            net.fit(train_seq, validation_data=val_seq, epochs=epoch + n_epochs, initial_epoch=epoch,
-                    shuffle=False, verbose=0, callbacks=cbs)
-            fit_s = time.perf_counter() - t_fit
-            check_frozen_unchanged(e2e, before, phase.name)
-            done = len(logger.rows)
-            epoch, step = epoch + done, meter.global_step
-            self.history.extend(logger.rows)
-            phase_info.append({
-                "phase": phase.name, "epochs": done, "learning_rate": phase.learning_rate,
-                "trainable_params": trainable, "non_trainable_params": frozen, "cache_cut": cut,
-                "wall_time_s": time.perf_counter() - t0, "fit_time_s": fit_s,
-                "cache_time_s": cache.seconds - cache_s if cut else 0.0,
-                "train_images_per_s": meter.images_per_s, "first_steps_s": meter.first_steps_s,
-                "step_time_ms_p50": float(np.percentile(meter.step_times, 50) * 1e3) if meter.step_times else None,
-                "step_time_ms_p95": float(np.percentile(meter.step_times, 95) * 1e3) if meter.step_times else None,
-            })
-        last_cut = next((c for c, n in zip(reversed(cuts), reversed(epochs)) if n), None)
-        test = self._test_after_fit(model, datamodule, cache, last_cut)
-        inference = self.measure_inference(model, datamodule)
+        self._pos = {"phase_index": None, "net": None, "epoch": epoch, "step": step}
+        with self.guard:
+            try:
+                for i, (phase, n_epochs, cut) in enumerate(zip(recipe.phases, epochs, cuts)):
+                    done_before = 0
+                    if state and i < state["phase_index"] or (state and i == state["phase_index"]
+                                                              and state["phase_done"]):
+                        continue
+                    if state and i == state["phase_index"]:
+                        done_before = state["phase_epochs_done"]
+                    if n_epochs - done_before <= 0:
+                        if phase.epochs and not done_before:
+                            self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_epochs={self.max_epochs} reached")
+                        continue
+                    if 0 < self.max_steps <= step:
+                        self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_steps={self.max_steps} reached")
+                        continue
+                    resume_opt = ckpt if done_before else None
+                    info = self._run_phase(i, phase, n_epochs, done_before, cut, model, datamodule, recipe, cache,
+                                           csv_path, epoch, step, phase_info, resume_opt)
+                    phase_info.append(info)
+                    epoch, step = self._pos["epoch"], self._pos["step"]
+                    self.guard.check()
+                last_cut = next((c for c, n in zip(reversed(cuts), reversed(epochs)) if n), None)
+                tested_epoch = self._restore_best(model, e2e, epoch)
+                test = self._test_after_fit(model, datamodule, cache, last_cut)
+                inference = self.measure_inference(model, datamodule)
+            except checkpoint.TrainingInterrupted as e:
+                self._on_interrupt(e, model, recipe, phase_info)
+                raise
+            except checkpoint.NonFiniteLoss as e:
+                last = os.path.join(run_dir, checkpoint.CKPT_DIR)
+                msg = (f"training stopped: {e}. Nothing was saved after the last good epoch; its checkpoint is in "
+                       f"{last!r}. Lower the learning rate or use --trainer.precision float32, then start again "
+                       f"(or --resume {run_dir})")
+                write_status(run_dir, "failed", error=msg, epoch=self._pos["epoch"], history=self.history)
+                raise KbenchError(msg) from None
         model_path = os.path.join(run_dir, "model.keras")
         model.compose(base_training=None).save(model_path)
         self.results = write_results(run_dir, model=model, datamodule=datamodule, recipe=recipe, trainer=self,
                                      phases=phase_info, test=test, inference=inference,
                                      cache_time_s=cache.seconds, model_path=model_path,
-                                     total_time_s=time.perf_counter() - t_start)
+                                     total_time_s=time.perf_counter() - t_start,
+                                     extra={"tested_epoch": tested_epoch, "monitor": self.tracker.monitor,
+                                            "best_epoch": self.tracker.best_epoch,
+                                            "best_monitor_value": self.tracker.best_value,
+                                            "resumed_from": os.path.basename(ckpt) if ckpt else None})
         self.console.print(summary_table(self.results, self.history))
         return self.results
+
+    def _run_phase(self, i, phase, n_epochs, done_before, cut, model, datamodule, recipe, cache, csv_path,
+                   epoch, step, phase_info, resume_ckpt) -> dict:
+        """Run phase ``i`` from epoch ``epoch`` (``done_before`` of its epochs already done)."""
+        apply_phase(model.base, phase)
+        e2e = model.compose(base_training=False if phase.base_inference else None)
+        trainable, frozen = count_params(e2e)
+        self._log(f"[bold cyan]phase {phase.name}[/]: {n_epochs} epoch(s) at learning rate "
+                  f"{phase.learning_rate:g}; trainable params {trainable:,}, non-trainable {frozen:,}"
+                  + (f"; frozen-prefix cache at {cut!r}" if cut else "")
+                  + (f"; resuming after {done_before} epoch(s)" if done_before else ""))
+        self._pos["phase_index"], self._pos["net"] = i, None
+        before = snapshot_frozen(e2e)
+        t0 = time.perf_counter()
+        cache_s = cache.seconds
+        if cut:
+            train_x, val_x = cache.get("train", cut), cache.get("val", cut) if len(datamodule.val) else None
+            _, net = model.split(cut)
+            train_seq = BatchSequence(train_x, cache.labels("train"), datamodule.batch_size, None, shuffle=True,
+                                      seed=datamodule.seed, limit_batches=self._limit("train"))
+            val_seq = (BatchSequence(val_x, cache.labels("val"), datamodule.batch_size, None,
+                                     limit_batches=self._limit("val")) if val_x is not None else None)
+        else:
+            net = e2e
+            train_seq = datamodule.loader("train", model.image_size, shuffle=True, limit_batches=self._limit("train"))
+            val_seq = (datamodule.loader("val", model.image_size, limit_batches=self._limit("val"))
+                       if len(datamodule.val) else None)
+        train_seq.epoch = epoch
+        self._compile(net, model, recipe, phase.learning_rate)
+        if resume_ckpt:
+            checkpoint.restore_optimizer(resume_ckpt, net, checkpoint.load_state(resume_ckpt))
+        self._pos["net"] = net
+        meter = ThroughputMeter(train_seq.batch_sizes(), global_step=step)
+        logger = MetricsLogger(csv_path, phase.name, meter)
+        start_epoch = epoch - done_before
+
+        def make_state(epoch1: int, logs: dict, stopped: bool) -> dict:
+            self._pos.update(epoch=epoch1, step=meter.global_step)
+            return self._state(i, phase, epoch1 - start_epoch, n_epochs, stopped or epoch1 - start_epoch >= n_epochs,
+                               model, net, logger.rows, phase_info)
+
+        saver = checkpoint.EpochCheckpoint(self.run_dir if self.enable_checkpointing else None,
+                                           model.keras_model, make_state, self.tracker)
+        cbs = [meter, logger, saver, MaxStepsStopper(meter, self.max_steps), *self._progress(phase.name),
+               *self.callbacks]
+        t_fit = time.perf_counter()
+        try:
+            net.fit(train_seq, validation_data=val_seq, epochs=start_epoch + n_epochs, initial_epoch=epoch,
+                    shuffle=False, verbose=0, callbacks=cbs)
+        finally:
+            self.history.extend(logger.rows)
+            self._pos["step"] = meter.global_step
+        fit_s = time.perf_counter() - t_fit
+        check_frozen_unchanged(e2e, before, phase.name)
+        self._pos["epoch"] = epoch + len(logger.rows)
+        return {
+            "phase": phase.name, "epochs": done_before + len(logger.rows), "learning_rate": phase.learning_rate,
+            "trainable_params": trainable, "non_trainable_params": frozen, "cache_cut": cut,
+            "wall_time_s": time.perf_counter() - t0, "fit_time_s": fit_s,
+            "cache_time_s": cache.seconds - cache_s if cut else 0.0,
+            "train_images_per_s": meter.images_per_s, "first_steps_s": meter.first_steps_s,
+            "step_time_ms_p50": float(np.percentile(meter.step_times, 50) * 1e3) if meter.step_times else None,
+            "step_time_ms_p95": float(np.percentile(meter.step_times, 95) * 1e3) if meter.step_times else None,
+            "optimizer_iterations": int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
+            "early_stopped": saver.stopped_epoch is not None, "resumed_after_epochs": done_before or None,
+        }
+
+    def _state(self, i: int, phase: Phase, done: int, n_epochs: int, phase_done: bool, model: TransferModel,
+               net: keras.Model, rows: list[dict], phase_info: list[dict]) -> dict:
+        """Trainer state stored with a checkpoint (see :mod:`kbench.checkpoint`)."""
+        return {"phase_index": i, "phase": phase.name, "phase_epochs_done": done, "phase_epochs": n_epochs,
+                "phase_done": phase_done, "epoch": self._pos["epoch"], "step": self._pos["step"],
+                "learning_rate": current_lr(net), "trainable_layers": [la.name for la in model.base.layers
+                                                                      if la.trainable],
+                "history": self.history + rows, "phases": phase_info, "tracker": self.tracker.to_dict(),
+                "class_names": model.class_names, "preprocess": model.preprocess.mode,
+                "backbone": model.spec.name, "image_size": model.image_size, "seed": self.seed,
+                "backend": backend.name(), "precision": self.precision}
+
+    def _resume(self, ckpt: str, state: dict, model: TransferModel, e2e: keras.Model, datamodule: DataModule,
+                recipe: Recipe, csv_path: str) -> tuple[int, int, list[dict]]:
+        """Restore model variables, history, best-epoch tracker and ``metrics.csv`` from ``ckpt``."""
+        names = [p.name for p in recipe.phases]
+        if state.get("phase") not in names or state.get("phase_index", 99) >= len(names):
+            raise KbenchError(f"checkpoint {ckpt!r} is from phase {state.get('phase')!r}, not one of this recipe's "
+                              f"phases {names}; it belongs to another config")
+        if state.get("class_names") != datamodule.class_names:
+            raise KbenchError(f"checkpoint {ckpt!r} was trained on classes {state.get('class_names')}, the data now "
+                              f"has {datamodule.class_names}; resume with the same data")
+        checkpoint.restore_model(ckpt, e2e, state)
+        self.history = list(state["history"])
+        self.tracker.load(state["tracker"])
+        tmp = f"{csv_path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            w.writerows(self.history)
+        os.replace(tmp, csv_path)
+        return state["epoch"], state["step"], list(state["phases"])
+
+    def _restore_best(self, model: TransferModel, e2e: keras.Model, last_epoch: int) -> int | None:
+        """Load the best epoch's weights (by ``monitor``) if it is not the last; returns the tested epoch."""
+        best = self.tracker.best_epoch
+        if best is None or best == last_epoch:
+            return last_epoch or None
+        if self.enable_checkpointing:
+            ckpt = os.path.join(self.run_dir, checkpoint.CKPT_DIR, f"epoch-{best:04d}")
+            checkpoint.restore_model(ckpt, e2e, checkpoint.load_state(ckpt))
+        else:
+            for v, a in zip(e2e.variables, self.tracker.best_weights):
+                v.assign(a)
+        self._log(f"testing the best epoch by {self.tracker.monitor}: epoch {best} "
+                  f"({self.tracker.monitor} {self.tracker.best_value:.4f}), not the last one ({last_epoch})")
+        return best
+
+    def _on_interrupt(self, e: checkpoint.TrainingInterrupted, model: TransferModel, recipe: Recipe,
+                      phase_info: list[dict]) -> None:
+        """Write an ``interrupted`` checkpoint and ``results.json`` after a signal."""
+        name = signal.Signals(e.signum).name
+        self._log(f"[bold red]{name} received[/]: writing checkpoint and results.json")
+        net, path = self._pos.get("net"), None
+        if self.enable_checkpointing:
+            i = self._pos.get("phase_index")
+            state = {"phase_index": i, "phase": recipe.phases[i].name if i is not None else None,
+                     "kind": "interrupted", "epoch": self._pos["epoch"], "step": self._pos["step"],
+                     "history": self.history, "phases": phase_info, "tracker": self.tracker.to_dict(),
+                     "class_names": model.class_names, "preprocess": model.preprocess.mode}
+            opt = net.optimizer if net is not None and net.optimizer.built else None
+            path = checkpoint.save(self.run_dir, "interrupted", model.keras_model, opt, state)
+        write_status(self.run_dir, "interrupted", signal=name, epoch=self._pos["epoch"], step=self._pos["step"],
+                     history=self.history, interrupted_checkpoint=path,
+                     resume=f"python -m kbench.run --resume {self.run_dir}")
 
     def _test_after_fit(self, model: TransferModel, datamodule: DataModule, cache: FeatureCache,
                         cut: str | None) -> dict:
@@ -376,4 +480,4 @@ class Trainer:
         return np.asarray(keras.ops.softmax(out, axis=-1)) if model.from_logits else out
 
 
-__all__ = ["Trainer", "Recipe", "FeatureCache", "make_optimizer", "PRECISIONS", "OPTIMIZERS"]
+__all__ = ["Trainer", "Recipe", "make_optimizer", "PRECISIONS", "OPTIMIZERS"]

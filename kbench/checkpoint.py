@@ -1,0 +1,407 @@
+"""Checkpoints: atomic writes, last + top-k retention, resume state, and the
+callbacks that write them, stop on a signal and stop on a non-finite loss.
+
+A checkpoint is a folder ``<run_dir>/checkpoints/<tag>/`` holding
+
+* ``model.npz``: every variable of the end-to-end model (weights, BatchNorm
+  statistics and the dropout seed-generator state), in ``model.variables``
+  order, with their paths in ``state.json``;
+* ``optimizer.npz``: the phase optimizer's variables (iteration count, learning
+  rate, every slot), when the checkpoint lies inside a phase;
+* ``state.json``: trainer state (format version, phase, epoch, global step,
+  trainable layers, learning rate, monitored metric and best value so far,
+  metric history, per-phase timings, class names, preprocessing mode).
+
+The folder is written as ``.tmp-<tag>-<pid>`` and renamed into place, and
+``checkpoints/last.json`` (the pointer used by ``--resume``) is replaced
+atomically afterwards, so a crash or a full disk at any moment leaves the
+previous checkpoint intact.
+
+Why not ``keras.callbacks.BackupAndRestore``: it restores a single ``fit`` call,
+while a kbench recipe is several phases (each with its own trainable set, its
+own optimizer and, with the frozen-prefix cache, its own Keras model sharing the
+variables), so the phase and optimizer bookkeeping has to live here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+
+import keras
+import numpy as np
+
+from kbench import KbenchError
+
+CKPT_FORMAT = 1
+CKPT_DIR = "checkpoints"
+LAST = "last.json"
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+def _mode(monitor: str) -> str:
+    return "max" if monitor.endswith("accuracy") else "min"
+
+
+def better(a: float | None, b: float | None, monitor: str) -> bool:
+    """True when value ``a`` of ``monitor`` beats ``b`` (``None`` never wins / always loses)."""
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return False
+    if b is None:
+        return True
+    return a > b if _mode(monitor) == "max" else a < b
+
+
+def _values(variables) -> list[np.ndarray]:
+    return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
+
+
+def _write_npz(path: str, arrays: list[np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **{f"v{i:05d}": a for i, a in enumerate(arrays)})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_npz(path: str) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return [z[f"v{i:05d}"] for i in range(len(z.files))]
+
+
+def estimate_bytes(model: keras.Model, optimizer_slots: int = 2) -> int:
+    """Rough size in bytes of one checkpoint: the model's variables plus
+    ``optimizer_slots`` copies of the trainable ones (Adam keeps 2)."""
+    total = sum(int(np.prod(v.shape)) * 4 for v in model.variables)
+    return total + optimizer_slots * sum(int(np.prod(v.shape)) * 4 for v in model.trainable_variables)
+
+
+def check_free_space(folder: str, need_bytes: int) -> None:
+    """Refuse to start when ``folder``'s file system cannot hold ``need_bytes``.
+
+    Raises:
+        KbenchError: names the folder, the free and the needed space.
+    """
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise KbenchError(f"not enough disk space in {folder!r} for checkpoints: {free / 2**20:.0f} MiB free, "
+                          f"about {need_bytes / 2**20:.0f} MiB needed; free some space, set "
+                          "--trainer.default_root_dir elsewhere or --trainer.checkpoint false")
+
+
+def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict) -> str:
+    """Write checkpoint ``<run_dir>/checkpoints/<tag>`` atomically; returns its path.
+
+    Args:
+        model: the end-to-end model (all variables are saved).
+        optimizer: the phase's built optimizer, or None between phases.
+        state: JSON-serialisable trainer state (see module docstring).
+
+    Raises:
+        KbenchError: the write failed (disk full, permissions); the temporary
+        folder is removed and earlier checkpoints are untouched.
+    """
+    root = os.path.join(run_dir, CKPT_DIR)
+    final = os.path.join(root, tag)
+    tmp = os.path.join(root, f".tmp-{tag}-{os.getpid()}")
+    state = {**state, "format": CKPT_FORMAT, "tag": tag, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "variable_paths": [v.path for v in model.variables],
+             "optimizer_variable_paths": [v.path for v in optimizer.variables] if optimizer is not None else None}
+    try:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        _write_npz(os.path.join(tmp, "model.npz"), _values(model.variables))
+        if optimizer is not None:
+            _write_npz(os.path.join(tmp, "optimizer.npz"), _values(optimizer.variables))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(state, f, indent=1, default=float)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(final):  # re-written tag (e.g. "interrupted"): move the old one aside first
+            old = f"{final}.old-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KbenchError(f"could not write checkpoint {final!r} ({e.strerror or e}); earlier checkpoints in "
+                          f"{root!r} are intact. Free disk space or fix permissions, then resume with "
+                          f"--resume {run_dir}") from None
+    return final
+
+
+def write_last(run_dir: str, tag: str) -> None:
+    """Point ``checkpoints/last.json`` at ``tag`` (atomic replace)."""
+    path = os.path.join(run_dir, CKPT_DIR, LAST)
+    with open(f"{path}.tmp", "w") as f:
+        json.dump({"tag": tag}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f"{path}.tmp", path)
+
+
+def prune(run_dir: str, keep: set[str]) -> None:
+    """Delete epoch checkpoints not in ``keep`` (and stale temporary folders)."""
+    root = os.path.join(run_dir, CKPT_DIR)
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and name not in keep and (name.startswith("epoch-") or name.startswith(".tmp-")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def find(path: str) -> str:
+    """Resolve ``path`` (a run folder or a checkpoint folder) to a checkpoint folder.
+
+    Raises:
+        KbenchError: the folder does not exist or holds no checkpoint.
+    """
+    if not os.path.isdir(path):
+        raise KbenchError(f"resume folder {path!r} does not exist; pass a run folder (runs/<name>-<time>) "
+                          "or one of its checkpoints/<tag> folders")
+    if os.path.isfile(os.path.join(path, "state.json")):
+        return path
+    root = os.path.join(path, CKPT_DIR)
+    last = os.path.join(root, LAST)
+    if os.path.isfile(last):
+        with open(last) as f:
+            tag = json.load(f)["tag"]
+        if os.path.isfile(os.path.join(root, tag, "state.json")):
+            return os.path.join(root, tag)
+    epochs = sorted(n for n in os.listdir(root) if n.startswith("epoch-")) if os.path.isdir(root) else []
+    if epochs:
+        return os.path.join(root, epochs[-1])
+    raise KbenchError(f"no checkpoint in {path!r} (expected {CKPT_DIR}/{LAST} or {CKPT_DIR}/epoch-*); "
+                      "it is not a kbench run folder, or the run stopped before its first epoch ended")
+
+
+def load_state(ckpt: str) -> dict:
+    """Read and validate ``state.json`` of checkpoint folder ``ckpt``.
+
+    Raises:
+        KbenchError: unreadable file, or a format newer than this kbench understands.
+    """
+    try:
+        with open(os.path.join(ckpt, "state.json")) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise KbenchError(f"cannot read checkpoint state {ckpt}/state.json ({e})") from None
+    fmt = state.get("format")
+    if not isinstance(fmt, int) or fmt > CKPT_FORMAT:
+        raise KbenchError(f"checkpoint {ckpt!r} has format {fmt!r}, newer than this kbench understands "
+                          f"(format {CKPT_FORMAT}); upgrade kbench to resume it")
+    return state
+
+
+def _assign(variables, arrays: list[np.ndarray], paths: list[str] | None, what: str, ckpt: str) -> None:
+    # matched by order and shape: variable paths carry auto-generated layer names
+    # (dense_3, ...) that differ between processes building the same model
+    names = [v.path for v in variables]
+    if len(arrays) != len(names):
+        raise KbenchError(f"checkpoint {ckpt!r} does not match this {what}: it holds {len(arrays)} variables, "
+                          f"the {what} has {len(names)}; it belongs to another model or config")
+    for v, a in zip(variables, arrays):
+        if tuple(v.shape) != a.shape:
+            raise KbenchError(f"checkpoint {ckpt!r}: variable {v.path} has shape {a.shape}, the {what} expects "
+                              f"{tuple(v.shape)}; it belongs to another model or config")
+    for v, a in zip(variables, arrays):
+        v.assign(a)
+
+
+def restore_model(ckpt: str, model: keras.Model, state: dict) -> None:
+    """Assign the checkpoint's model variables to ``model`` (all of ``model.variables``).
+
+    Raises:
+        KbenchError: the checkpoint belongs to another architecture or config.
+    """
+    _assign(model.variables, _read_npz(os.path.join(ckpt, "model.npz")), state.get("variable_paths"), "model", ckpt)
+
+
+def restore_optimizer(ckpt: str, net: keras.Model, state: dict) -> None:
+    """Build ``net.optimizer`` on ``net``'s trainable variables and assign the saved slots.
+
+    Raises:
+        KbenchError: the checkpoint has no optimizer state or it does not match.
+    """
+    path = os.path.join(ckpt, "optimizer.npz")
+    if not os.path.isfile(path):
+        raise KbenchError(f"checkpoint {ckpt!r} has no optimizer state to continue the phase with")
+    if not net.optimizer.built:
+        net.optimizer.build(net.trainable_variables)
+    _assign(net.optimizer.variables, _read_npz(path), state.get("optimizer_variable_paths"), "optimizer", ckpt)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised at a batch boundary after SIGINT/SIGTERM (``signum`` says which)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised at the first training batch whose (running) loss is NaN or infinite."""
+
+    def __init__(self, epoch: int, batch: int, value: float):
+        super().__init__(f"non-finite loss {value} at epoch {epoch + 1}, batch {batch + 1}")
+        self.epoch, self.batch, self.value = epoch, batch, value
+
+
+class SignalGuard:
+    """Context manager: the first SIGINT/SIGTERM only sets :attr:`signum`; the
+    :class:`GuardCallback` raises :class:`TrainingInterrupted` at the next batch
+    boundary, so the model and optimizer are never caught half-updated. A second
+    signal raises ``KeyboardInterrupt`` at once. Handlers are restored on exit
+    (signals can only be handled in the main thread; elsewhere this is a no-op)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check(self) -> None:
+        """Raise :class:`TrainingInterrupted` if a signal arrived."""
+        if self.signum is not None:
+            raise TrainingInterrupted(self.signum)
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+        return False
+
+
+class GuardCallback(keras.callbacks.Callback):
+    """Checks for a pending signal after every batch (train, test, predict) and
+    for a non-finite training loss after every training batch."""
+
+    def __init__(self, guard: SignalGuard):
+        super().__init__()
+        self.guard = guard
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None:
+            value = float(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLoss(self.epoch, batch, value)
+        self.guard.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.guard.check()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.guard.check()
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: updates the :class:`BestTracker`, writes the epoch
+    checkpoint (see :func:`save`), keeps the last one and the ``save_top_k`` best,
+    and ends the phase early when the tracker's patience runs out.
+
+    Args:
+        run_dir: the run folder; None keeps only the best weights, in memory
+            (``tracker.best_weights``).
+        e2e: the end-to-end model whose variables are saved.
+        make_state: ``(epoch_1based, logs, stopped) -> dict`` trainer state.
+        tracker: the trainer's :class:`BestTracker`.
+    """
+
+    def __init__(self, run_dir: str | None, e2e: keras.Model, make_state, tracker: "BestTracker"):
+        super().__init__()
+        self.run_dir, self.e2e, self.make_state, self.tracker = run_dir, e2e, make_state, tracker
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        value = logs.get(self.tracker.monitor)
+        value = None if value is None else float(value)
+        self.tracker.update(epoch + 1, value)
+        stop = self.tracker.stale(epoch + 1)
+        if stop:
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+        state = self.make_state(epoch + 1, logs, stop)
+        if self.run_dir is None:
+            if self.tracker.best_epoch == epoch + 1:
+                self.tracker.best_weights = _values(self.e2e.variables)
+            return
+        tag = f"epoch-{epoch + 1:04d}"
+        save(self.run_dir, tag, self.e2e, self.model.optimizer, state)
+        write_last(self.run_dir, tag)
+        prune(self.run_dir, self.tracker.keep(tag))
+
+
+class BestTracker:
+    """The monitored metric's history and its best epochs: one rule for the best
+    checkpoint, early stopping and the model that is tested.
+
+    Args:
+        monitor: one of :data:`MONITORS` (``val_*`` needs a validation split).
+        save_top_k: how many best epoch checkpoints to keep besides the last one.
+        patience: stop a phase after this many epochs without improvement (None = never).
+    """
+
+    def __init__(self, monitor: str = "val_accuracy", save_top_k: int = 1, patience: int | None = None):
+        if monitor not in MONITORS:
+            raise KbenchError(f"unknown monitor {monitor!r}; choose one of: {', '.join(MONITORS)}")
+        self.monitor, self.save_top_k, self.patience = monitor, save_top_k, patience
+        self.values: dict[int, float | None] = {}
+        self.best_weights: list[np.ndarray] | None = None
+
+    def update(self, epoch: int, value: float | None) -> None:
+        self.values[epoch] = value
+
+    @property
+    def best_epoch(self) -> int | None:
+        best = None
+        for e, v in sorted(self.values.items()):
+            if better(v, self.values.get(best) if best else None, self.monitor):
+                best = e
+        return best
+
+    @property
+    def best_value(self) -> float | None:
+        return self.values.get(self.best_epoch) if self.best_epoch else None
+
+    def top(self) -> list[int]:
+        """Epochs of the ``save_top_k`` best values (ties: earliest first)."""
+        scored = [(e, v) for e, v in self.values.items() if v is not None and not math.isnan(v)]
+        sign = -1 if _mode(self.monitor) == "max" else 1
+        return [e for e, _ in sorted(scored, key=lambda ev: (sign * ev[1], ev[0]))[: self.save_top_k]]
+
+    def keep(self, last_tag: str) -> set[str]:
+        return {last_tag, *(f"epoch-{e:04d}" for e in self.top())}
+
+    def stale(self, epoch: int) -> bool:
+        """True when early stopping should end the phase after ``epoch``."""
+        if self.patience is None or self.best_epoch is None:
+            return False
+        return epoch - self.best_epoch >= self.patience
+
+    def to_dict(self) -> dict:
+        return {"monitor": self.monitor, "values": {str(k): v for k, v in self.values.items()}}
+
+    def load(self, d: dict) -> None:
+        self.values = {int(k): v for k, v in d.get("values", {}).items()}
