@@ -1,7 +1,7 @@
 """nox sessions: the test suite once per Keras backend, each in its own venv with only
 that backend installed (GPU builds when an NVIDIA GPU is present), plus ruff.
 
-    nox                        # tests-jax, tests-tensorflow, tests-torch, lint
+    nox                        # tests-jax, tests-tensorflow, tests-torch, tests-cross-backend, lint
     nox -s tests-torch -- -k cache     # one backend, extra pytest arguments
 """
 
@@ -12,7 +12,7 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["lint", "tests-jax", "tests-tensorflow", "tests-torch"]
+nox.options.sessions = ["lint", "tests-jax", "tests-tensorflow", "tests-torch", "tests-cross-backend"]
 nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 
@@ -58,6 +58,16 @@ def tests_tensorflow(session: nox.Session) -> None:
 def tests_torch(session: nox.Session) -> None:
     """Test suite on the PyTorch backend."""
     _tests(session, "torch")
+
+
+@nox.session(name="tests-cross-backend", python=PYTHON)
+def tests_cross_backend(session: nox.Session) -> None:
+    """All three backends in one venv: a model saved on each backend must load and
+    predict the same on the other two (each side in its own subprocess)."""
+    gpu = has_nvidia_gpu()
+    session.install("-e", ".[test]", *(p for b in BACKEND_PACKAGES.values() for p in b[1 if gpu else 0]))
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_predict.py", "-k", "other_backends",
+                *session.posargs)
 
 
 @nox.session(python=PYTHON)

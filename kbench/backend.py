@@ -80,6 +80,50 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty set where unavailable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_native_bfloat16() -> bool:
+    """True when the device computes bfloat16 natively: an NVIDIA GPU of compute
+    capability 8.0 or newer (Ampere+; checked through torch or TensorFlow when
+    that is the backend, assumed for JAX GPUs), or a CPU with AVX512-BF16 or AMX-BF16
+    (``/proc/cpuinfo`` flags ``avx512_bf16`` / ``amx_bf16``)."""
+    if gpu_devices():
+        b = name()
+        try:
+            if b == "torch":
+                import torch
+
+                return torch.cuda.get_device_capability(0) >= (8, 0)
+            if b == "tensorflow":
+                import tensorflow as tf
+
+                cc = tf.config.experimental.get_device_details(
+                    tf.config.list_physical_devices("GPU")[0]).get("compute_capability", (0, 0))
+                return tuple(cc) >= (8, 0)
+        except Exception:  # noqa: BLE001 - capability query is best effort
+            return False
+        return True
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"`` -> ``"mixed_bfloat16"`` where :func:`has_native_bfloat16`, else
+    ``"float32"``; any other value is returned unchanged."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if has_native_bfloat16() else "float32"
+
+
 def device() -> dict:
     """Where the computation runs: ``{"type": "gpu"|"cpu", "name": str, "cores": int}``."""
     gpus = gpu_devices()
@@ -155,3 +199,49 @@ def prepare_environment() -> None:
                 tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:
                 pass
+
+
+def value_and_grad(fn, variables: list) -> tuple:
+    """Value of a scalar loss and its gradients with respect to ``variables``.
+
+    Args:
+        fn: zero-argument callable that computes a scalar tensor with ``keras``
+            ops from the current values of ``variables`` (e.g. a model call in
+            inference mode followed by a loss). It must not assign to variables.
+        variables: list of ``keras.Variable`` (float, trainable or not).
+
+    Returns:
+        ``(value, grads)``: the scalar as a backend tensor and one gradient per
+        variable (same shape and dtype as the variable), in ``variables`` order.
+        A variable the loss does not depend on gets zeros.
+
+    Uses ``tf.GradientTape`` (TensorFlow), ``torch.autograd.grad`` (PyTorch) and
+    ``jax.value_and_grad`` over the variables' values through a
+    ``keras.StatelessScope`` (JAX, whose arrays are immutable).
+    """
+    b = name()
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = fn()
+        grads = tape.gradient(value, [v.value for v in variables],
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return value, list(grads)
+    if b == "torch":
+        import torch
+
+        with torch.enable_grad():
+            value = fn()
+            grads = torch.autograd.grad(value, [v.value for v in variables], allow_unused=True)
+        return value, [torch.zeros_like(v.value) if g is None else g for v, g in zip(variables, grads)]
+    if b == "jax":
+        import jax
+
+        def pure(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn()
+
+        value, grads = jax.value_and_grad(pure)([v.value for v in variables])
+        return value, list(grads)
+    raise NotImplementedError(f"value_and_grad: unsupported backend {b!r}")

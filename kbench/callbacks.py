@@ -1,5 +1,6 @@
 """Keras callbacks used by the trainer: rich progress bar, per-epoch metrics CSV
-with throughput, and a global step limit.
+with throughput, a global step limit, and the guard that stops a run cleanly on
+SIGINT/SIGTERM or a non-finite loss.
 
 All are plain ``keras.callbacks.Callback`` subclasses, so they work with
 ``Model.fit/evaluate/predict`` on every backend.
@@ -8,7 +9,9 @@ All are plain ``keras.callbacks.Callback`` subclasses, so they work with
 from __future__ import annotations
 
 import csv
+import math
 import os
+import signal
 import time
 
 import keras
@@ -211,3 +214,82 @@ class MaxStepsStopper(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if 0 < self.max_steps <= self.meter.global_step:
             self.model.stop_training = True
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised at a batch boundary after SIGINT/SIGTERM (``signum`` says which)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised at the first training batch whose (running) loss is NaN or infinite."""
+
+    def __init__(self, epoch: int, batch: int, value: float):
+        super().__init__(f"non-finite loss {value} at epoch {epoch + 1}, batch {batch + 1}")
+        self.epoch, self.batch, self.value = epoch, batch, value
+
+
+class SignalGuard:
+    """Context manager: the first SIGINT/SIGTERM only sets :attr:`signum`; the
+    :class:`GuardCallback` raises :class:`TrainingInterrupted` at the next batch
+    boundary, so the model and optimizer are never caught half-updated. A second
+    signal raises ``KeyboardInterrupt`` at once. Handlers are restored on exit
+    (signals can only be handled in the main thread; elsewhere this is a no-op)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check(self) -> None:
+        """Raise :class:`TrainingInterrupted` if a signal arrived."""
+        if self.signum is not None:
+            raise TrainingInterrupted(self.signum)
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+        return False
+
+
+class GuardCallback(keras.callbacks.Callback):
+    """Checks for a pending signal after every batch (train, test, predict) and
+    for a non-finite training loss after every training batch."""
+
+    def __init__(self, guard: SignalGuard):
+        super().__init__()
+        self.guard = guard
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None:
+            value = float(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLoss(self.epoch, batch, value)
+        self.guard.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.guard.check()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.guard.check()

@@ -117,7 +117,8 @@ class TrainerConfig:
         limit_val_batches: int = batches per validation, float = fraction.
         limit_test_batches: int = test batches, float = fraction.
         fast_dev_run: one batch per split and one epoch per phase, as a smoke test.
-        precision: float32, mixed_bfloat16 or mixed_float16.
+        precision: auto (mixed_bfloat16 on a GPU or CPU with native bfloat16, else float32), float32,
+            mixed_bfloat16 or mixed_float16.
         jit_compile: auto, true or false (passed to keras Model.compile).
         seed: global seed (weights init, split, shuffling, dropout).
         deterministic: ask the backend for deterministic kernels.
@@ -137,7 +138,7 @@ class TrainerConfig:
     limit_val_batches: Union[int, float] = 1.0
     limit_test_batches: Union[int, float] = 1.0
     fast_dev_run: bool = False
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     jit_compile: Union[bool, Literal["auto"]] = "auto"
     seed: int = 42
     deterministic: bool = True

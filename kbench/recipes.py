@@ -210,3 +210,41 @@ def cache_cut(base: keras.Model, start: int) -> str | None:
             continue
         return layer.name
     return None
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+@dataclass
+class Recipe:
+    """A recipe ready to run: phases plus optimizer settings.
+
+    Attributes:
+        name: recipe name (see ``kbench.recipes.RECIPES``).
+        phases: the :class:`~kbench.recipes.Phase` list, run in order.
+        optimizer: one of :data:`OPTIMIZERS`.
+        weight_decay: decoupled weight decay (adamw) or L2 factor for others; 0 = off.
+        momentum: SGD momentum.
+        cache: ``"auto"`` uses the frozen-prefix cache where it is exact; ``"off"`` never.
+    """
+
+    name: str
+    phases: list[Phase]
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    cache: str = "auto"
+
+
+def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+    """A fresh Keras optimizer (a new one per phase: Keras recompiles per phase)."""
+    wd = weight_decay or None
+    if name == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay or 0.004)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=momentum, weight_decay=wd)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(lr, weight_decay=wd)
+    raise KbenchError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

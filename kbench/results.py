@@ -14,9 +14,32 @@ import time
 
 from rich.table import Table
 
-from kbench import __version__, backend
+from kbench import KbenchError, __version__, backend
 
 RESULTS_FORMAT = 1
+
+
+def make_run_dir(root: str, name: str) -> str:
+    """Create and return ``<root>/<name>-<YYYYmmdd-HHMMSS>`` (``-1``, ``-2``... if taken).
+
+    Raises:
+        KbenchError: the folder cannot be created or written.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(root, f"{name}-{stamp}")
+    path, i = base, 1
+    try:
+        while os.path.exists(path):
+            path, i = f"{base}-{i}", i + 1
+        os.makedirs(path)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise KbenchError(f"cannot create run folder {path!r} ({e.strerror}); "
+                          "set --trainer.default_root_dir to a writable folder") from None
+    return path
 
 
 def write_json_atomic(path: str, data: dict) -> None:
@@ -49,6 +72,7 @@ def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: l
         "versions": backend.versions(),
         "device": backend.device(),
         "precision": trainer.precision,
+        "precision_requested": trainer.precision_requested,
         "seed": trainer.seed,
         "fast_dev_run": trainer.fast_dev_run,
         "backbone": model.spec.name,

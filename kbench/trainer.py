@@ -18,12 +18,9 @@ feature caching), so that loop lives here; each phase's epochs are plain
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import signal
 import time
-from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -31,60 +28,34 @@ from rich.console import Console
 
 from kbench import KbenchError, backend, checkpoint
 from kbench.cache import FeatureCache
-from kbench.callbacks import CSV_FIELDS, MaxStepsStopper, MetricsLogger, RichProgressBar, ThroughputMeter, current_lr
+from kbench.callbacks import (
+    GuardCallback,
+    MaxStepsStopper,
+    MetricsLogger,
+    NonFiniteLoss,
+    RichProgressBar,
+    SignalGuard,
+    ThroughputMeter,
+    TrainingInterrupted,
+)
 from kbench.data import BatchSequence, DataModule
 from kbench.models import TransferModel
 from kbench.recipes import (
     Phase,
+    Recipe,
     apply_phase,
     cache_cut,
     check_frozen_unchanged,
     count_params,
     first_trainable_index,
+    make_optimizer,
     snapshot_frozen,
 )
-from kbench.results import summary_table, write_results, write_status
+from kbench.results import make_run_dir, summary_table, write_results
+from kbench.resume import RunStateMixin
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-
-
-@dataclass
-class Recipe:
-    """A recipe ready to run: phases plus optimizer settings.
-
-    Attributes:
-        name: recipe name (see ``kbench.recipes.RECIPES``).
-        phases: the :class:`~kbench.recipes.Phase` list, run in order.
-        optimizer: one of :data:`OPTIMIZERS`.
-        weight_decay: decoupled weight decay (adamw) or L2 factor for others; 0 = off.
-        momentum: SGD momentum.
-        cache: ``"auto"`` uses the frozen-prefix cache where it is exact; ``"off"`` never.
-    """
-
-    name: str
-    phases: list[Phase]
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    cache: str = "auto"
-
-
-def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
-    """A fresh Keras optimizer (a new one per phase: Keras recompiles per phase)."""
-    wd = weight_decay or None
-    if name == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=wd)
-    if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=weight_decay or 0.004)
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=momentum, weight_decay=wd)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, weight_decay=wd)
-    raise KbenchError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-
-
-class Trainer:
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+class Trainer(RunStateMixin):
     """Runs recipes on a :class:`~kbench.models.TransferModel` and a :class:`~kbench.data.DataModule`.
 
     Args:
@@ -93,7 +64,9 @@ class Trainer:
         limit_train_batches, limit_val_batches, limit_test_batches: int = batches
             per epoch, float = fraction (1.0 = all).
         fast_dev_run: one batch of train/val/test per phase, one epoch per phase.
-        precision: ``float32``, ``mixed_bfloat16`` or ``mixed_float16`` (Keras dtype
+        precision: ``auto`` (``mixed_bfloat16`` where the device has native bfloat16,
+            else ``float32``: :func:`kbench.backend.resolve_precision`), ``float32``,
+            ``mixed_bfloat16`` or ``mixed_float16`` (Keras dtype
             policy; set here, before the model is built).
         jit_compile: passed to ``Model.compile`` (``"auto"``, True, False).
         seed: seeds Python, NumPy, the backend and the data order.
@@ -128,7 +101,8 @@ class Trainer:
             raise KbenchError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         self.max_epochs, self.max_steps, self.fast_dev_run = max_epochs, max_steps, fast_dev_run
         self.limits = {"train": limit_train_batches, "val": limit_val_batches, "test": limit_test_batches}
-        self.precision, self.jit_compile, self.seed = precision, jit_compile, seed
+        self.precision_requested = precision
+        self.precision, self.jit_compile, self.seed = backend.resolve_precision(precision), jit_compile, seed
         self.callbacks = list(callbacks or [])
         self.default_root_dir, self.name = default_root_dir, name
         self.enable_progress_bar, self.inference_batches = enable_progress_bar, inference_batches
@@ -138,9 +112,9 @@ class Trainer:
         self.results: dict = {}
         self.enable_checkpointing = enable_checkpointing
         self.tracker = checkpoint.BestTracker(monitor, save_top_k, early_stopping_patience)
-        self.guard = checkpoint.SignalGuard()
+        self.guard = SignalGuard()
         self._pos: dict = {"phase_index": None, "net": None, "epoch": 0, "step": 0}
-        keras.config.set_dtype_policy(precision)
+        keras.config.set_dtype_policy(self.precision)
         backend.prepare_environment()
         backend.seed_everything(seed, deterministic)
 
@@ -152,33 +126,15 @@ class Trainer:
         """Callbacks for every fit/evaluate/predict: progress bar (if enabled) and the
         signal / non-finite-loss guard."""
         bar = [RichProgressBar(self.console, description)] if self.enable_progress_bar else []
-        return [*bar, checkpoint.GuardCallback(self.guard)]
+        return [*bar, GuardCallback(self.guard)]
 
     def _log(self, msg: str) -> None:
         self.console.print(msg)
 
     def make_run_dir(self) -> str:
-        """Create ``<default_root_dir>/<name>-<YYYYmmdd-HHMMSS>`` (suffixed if taken).
-
-        Raises:
-            KbenchError: the folder cannot be created or written.
-        """
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = os.path.join(self.default_root_dir, f"{self.name}-{stamp}")
-        path, i = base, 1
-        try:
-            while os.path.exists(path):
-                path, i = f"{base}-{i}", i + 1
-            os.makedirs(path)
-            probe = os.path.join(path, ".write-test")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as e:
-            raise KbenchError(f"cannot create run folder {path!r} ({e.strerror}); "
-                              "set --trainer.default_root_dir to a writable folder") from None
-        self.run_dir = path
-        return path
+        """Create this run's folder (see :func:`kbench.results.make_run_dir`) and return it."""
+        self.run_dir = make_run_dir(self.default_root_dir, self.name)
+        return self.run_dir
 
     def _compile(self, model: keras.Model, tm: TransferModel, recipe: Recipe, lr: float) -> None:
         model.compile(optimizer=make_optimizer(recipe.optimizer, lr, recipe.weight_decay, recipe.momentum),
@@ -220,7 +176,7 @@ class Trainer:
         Raises:
             KbenchError: user errors (data, config, a checkpoint of another run), a
                 non-finite loss (the last good checkpoint is kept);
-            checkpoint.TrainingInterrupted: SIGINT/SIGTERM (an ``interrupted``
+            TrainingInterrupted: SIGINT/SIGTERM (an ``interrupted``
                 checkpoint and ``results.json`` are written first);
             RuntimeError: a frozen variable changed during a phase.
         """
@@ -278,16 +234,11 @@ class Trainer:
                 tested_epoch = self._restore_best(model, e2e, epoch)
                 test = self._test_after_fit(model, datamodule, cache, last_cut)
                 inference = self.measure_inference(model, datamodule)
-            except checkpoint.TrainingInterrupted as e:
+            except TrainingInterrupted as e:
                 self._on_interrupt(e, model, recipe, phase_info)
                 raise
-            except checkpoint.NonFiniteLoss as e:
-                last = os.path.join(run_dir, checkpoint.CKPT_DIR)
-                msg = (f"training stopped: {e}. Nothing was saved after the last good epoch; its checkpoint is in "
-                       f"{last!r}. Lower the learning rate or use --trainer.precision float32, then start again "
-                       f"(or --resume {run_dir})")
-                write_status(run_dir, "failed", error=msg, epoch=self._pos["epoch"], history=self.history)
-                raise KbenchError(msg) from None
+            except NonFiniteLoss as e:
+                self._on_non_finite(e)
         model_path = os.path.join(run_dir, "model.keras")
         model.compose(base_training=None).save(model_path)
         self.results = write_results(run_dir, model=model, datamodule=datamodule, recipe=recipe, trainer=self,
@@ -367,72 +318,6 @@ class Trainer:
             "early_stopped": saver.stopped_epoch is not None, "resumed_after_epochs": done_before or None,
         }
 
-    def _state(self, i: int, phase: Phase, done: int, n_epochs: int, phase_done: bool, model: TransferModel,
-               net: keras.Model, rows: list[dict], phase_info: list[dict]) -> dict:
-        """Trainer state stored with a checkpoint (see :mod:`kbench.checkpoint`)."""
-        return {"phase_index": i, "phase": phase.name, "phase_epochs_done": done, "phase_epochs": n_epochs,
-                "phase_done": phase_done, "epoch": self._pos["epoch"], "step": self._pos["step"],
-                "learning_rate": current_lr(net), "trainable_layers": [la.name for la in model.base.layers
-                                                                      if la.trainable],
-                "history": self.history + rows, "phases": phase_info, "tracker": self.tracker.to_dict(),
-                "class_names": model.class_names, "preprocess": model.preprocess.mode,
-                "backbone": model.spec.name, "image_size": model.image_size, "seed": self.seed,
-                "backend": backend.name(), "precision": self.precision}
-
-    def _resume(self, ckpt: str, state: dict, model: TransferModel, e2e: keras.Model, datamodule: DataModule,
-                recipe: Recipe, csv_path: str) -> tuple[int, int, list[dict]]:
-        """Restore model variables, history, best-epoch tracker and ``metrics.csv`` from ``ckpt``."""
-        names = [p.name for p in recipe.phases]
-        if state.get("phase") not in names or state.get("phase_index", 99) >= len(names):
-            raise KbenchError(f"checkpoint {ckpt!r} is from phase {state.get('phase')!r}, not one of this recipe's "
-                              f"phases {names}; it belongs to another config")
-        if state.get("class_names") != datamodule.class_names:
-            raise KbenchError(f"checkpoint {ckpt!r} was trained on classes {state.get('class_names')}, the data now "
-                              f"has {datamodule.class_names}; resume with the same data")
-        checkpoint.restore_model(ckpt, e2e, state)
-        self.history = list(state["history"])
-        self.tracker.load(state["tracker"])
-        tmp = f"{csv_path}.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            w.writerows(self.history)
-        os.replace(tmp, csv_path)
-        return state["epoch"], state["step"], list(state["phases"])
-
-    def _restore_best(self, model: TransferModel, e2e: keras.Model, last_epoch: int) -> int | None:
-        """Load the best epoch's weights (by ``monitor``) if it is not the last; returns the tested epoch."""
-        best = self.tracker.best_epoch
-        if best is None or best == last_epoch:
-            return last_epoch or None
-        if self.enable_checkpointing:
-            ckpt = os.path.join(self.run_dir, checkpoint.CKPT_DIR, f"epoch-{best:04d}")
-            checkpoint.restore_model(ckpt, e2e, checkpoint.load_state(ckpt))
-        else:
-            for v, a in zip(e2e.variables, self.tracker.best_weights):
-                v.assign(a)
-        self._log(f"testing the best epoch by {self.tracker.monitor}: epoch {best} "
-                  f"({self.tracker.monitor} {self.tracker.best_value:.4f}), not the last one ({last_epoch})")
-        return best
-
-    def _on_interrupt(self, e: checkpoint.TrainingInterrupted, model: TransferModel, recipe: Recipe,
-                      phase_info: list[dict]) -> None:
-        """Write an ``interrupted`` checkpoint and ``results.json`` after a signal."""
-        name = signal.Signals(e.signum).name
-        self._log(f"[bold red]{name} received[/]: writing checkpoint and results.json")
-        net, path = self._pos.get("net"), None
-        if self.enable_checkpointing:
-            i = self._pos.get("phase_index")
-            state = {"phase_index": i, "phase": recipe.phases[i].name if i is not None else None,
-                     "kind": "interrupted", "epoch": self._pos["epoch"], "step": self._pos["step"],
-                     "history": self.history, "phases": phase_info, "tracker": self.tracker.to_dict(),
-                     "class_names": model.class_names, "preprocess": model.preprocess.mode}
-            opt = net.optimizer if net is not None and net.optimizer.built else None
-            path = checkpoint.save(self.run_dir, "interrupted", model.keras_model, opt, state)
-        write_status(self.run_dir, "interrupted", signal=name, epoch=self._pos["epoch"], step=self._pos["step"],
-                     history=self.history, interrupted_checkpoint=path,
-                     resume=f"python -m kbench.run --resume {self.run_dir}")
-
     def _test_after_fit(self, model: TransferModel, datamodule: DataModule, cache: FeatureCache,
                         cut: str | None) -> dict:
         if cut:
@@ -480,4 +365,4 @@ class Trainer:
         return np.asarray(keras.ops.softmax(out, axis=-1)) if model.from_logits else out
 
 
-__all__ = ["Trainer", "Recipe", "make_optimizer", "PRECISIONS", "OPTIMIZERS"]
+__all__ = ["Trainer", "Recipe", "make_optimizer", "PRECISIONS"]

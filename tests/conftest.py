@@ -34,6 +34,16 @@ def _extract_subset(dest: Path, train_per_class: int, test_per_class: int) -> Pa
     return dest / "cifar10"
 
 
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    """A Trainer sets the process-wide Keras dtype policy (precision auto may pick
+    mixed_bfloat16); put float32 back so no test leaks it into the next."""
+    yield
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> Path:
     """A few hundred real CIFAR-10 images (30 train + 10 test per class) as an image folder."""

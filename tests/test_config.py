@@ -75,3 +75,14 @@ def test_print_config_is_resolved_yaml():
     assert r.returncode == 0, r.stderr
     out = yaml.safe_load(r.stdout)
     assert out["recipe"]["epochs"] == 9 and out["model"]["backbone"] == "vgg16"
+
+
+def test_precision_auto_follows_native_bfloat16(monkeypatch):
+    from kbench import backend
+
+    monkeypatch.setattr(backend, "gpu_devices", lambda: [])
+    monkeypatch.setattr(backend, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert backend.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(backend, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert backend.resolve_precision("auto") == "float32"
+    assert backend.resolve_precision("mixed_float16") == "mixed_float16"

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 ARGS = ["--model.backbone", "mobilenetv3small", "--model.image_size", "32", "--model.weights", "none",
         "--data.source", "folder", "--data.batch_size", "32", "--recipe.epochs", "2", "--recipe.fine_tune_epochs",
         "3", "--trainer.limit_train_batches", "3", "--trainer.inference_batches", "0",
-        "--trainer.enable_progress_bar", "false"]
+        "--trainer.enable_progress_bar", "false", "--trainer.precision", "float32"]
 
 
 def _run(cifar_dir, root, *faults, extra=()):

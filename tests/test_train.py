@@ -19,7 +19,7 @@ from kbench.run import run
 def _cfg(cifar_dir, tmp_path, *extra):
     return parse(["--data.source", "folder", "--data.root", str(cifar_dir), "--data.batch_size", "32",
                   "--trainer.default_root_dir", str(tmp_path), "--trainer.inference_batches", "1",
-                  "--trainer.enable_progress_bar", "false", *extra])
+                  "--trainer.enable_progress_bar", "false", "--trainer.precision", "float32", *extra])
 
 
 TINY = ["--model.backbone", "mobilenetv3small", "--model.image_size", "32", "--model.weights", "none"]
