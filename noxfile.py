@@ -39,7 +39,8 @@ def _tests(session: nox.Session, backend: str) -> None:
     session.install("-e", ".[test]", *(gpu if has_nvidia_gpu() else cpu))
     session.run("python", "-c", "import keras; print('keras', keras.__version__, 'backend', keras.backend.backend())",
                 env={"KERAS_BACKEND": backend})
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs, env={"KERAS_BACKEND": backend})
+    args = session.posargs or ["-m", "not slow"]  # `nox -s tests-jax -- -m slow` for the long cases
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *args, env={"KERAS_BACKEND": backend})
 
 
 @nox.session(name="tests-jax", python=PYTHON)

@@ -97,7 +97,7 @@ class RecipeConfig:
     name: Literal["feature_extraction", "fine_tune", "full", "scratch", "seed_tutorial"] = "fine_tune"
     epochs: int = 6
     learning_rate: float = 1e-3
-    fine_tune_epochs: int = 4
+    fine_tune_epochs: int = 3
     fine_tune_learning_rate: Optional[float] = None
     unfreeze: str = "auto"
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"

@@ -85,7 +85,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(cifar_dir, tmp_path, unin
     assert res["tested_epoch"] == clean["tested_epoch"]
 
 
-@pytest.mark.parametrize("sig,code", [("INT", 130), ("TERM", 143)])
+@pytest.mark.parametrize("sig,code", [("INT", 130), pytest.param("TERM", 143, marks=pytest.mark.slow)])
 def test_signal_writes_checkpoint_and_interrupted_results(cifar_dir, tmp_path, sig, code):
     p = _run(cifar_dir, tmp_path, "--signal", f"{sig}@2:1")
     assert p.returncode == code, p.stdout[-3000:] + p.stderr[-3000:]
