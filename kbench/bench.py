@@ -370,6 +370,10 @@ def run_backend(args, backend_name: str, out_dir: str, echo=print) -> tuple[list
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 info["error"] = f"timed out after {args.timeout:g} s (worker killed)"
+            except BaseException:  # Ctrl-C in the parent: the worker runs in its own session, stop it too
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
             reader.join(timeout=10)
             info["returncode"] = proc.returncode
     info["wall_s"] = time.perf_counter() - t0
