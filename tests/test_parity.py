@@ -86,7 +86,7 @@ def test_golden_logits_2e4_fails_1e4_and_is_named():
               "models": [{"model": "tiny", "image_size": 32, "backends": {"jax": {}, "torch": {}},
                           "pairs": [{"a": "jax", "b": "torch", **r}]}]}
     md = render_markdown(report)
-    assert "| tiny | 32 | jax vs torch | **fail** | logits rel 2.0e-04 > tol 1e-04" in md
+    assert "| tiny | 32 | - | jax vs torch | **fail** | logits rel 2.0e-04 > tol 1e-04" in md
     assert "Summary: 0 of 1 model/backend pairs pass." in md
 
 
