@@ -64,11 +64,12 @@ def tests_torch(session: nox.Session) -> None:
 @nox.session(name="tests-cross-backend", python=PYTHON)
 def tests_cross_backend(session: nox.Session) -> None:
     """All three backends in one venv: a model saved on each backend must load and
-    predict the same on the other two (each side in its own subprocess)."""
+    predict the same on the other two, and a tiny model must give the same logits,
+    gradients and training losses on all three (each side in its own subprocess)."""
     gpu = has_nvidia_gpu()
     session.install("-e", ".[test]", *(p for b in BACKEND_PACKAGES.values() for p in b[1 if gpu else 0]))
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_predict.py", "-k", "other_backends",
-                *session.posargs)
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_predict.py", "tests/test_parity.py",
+                "-k", "other_backends or across_backends", *session.posargs)
 
 
 @nox.session(python=PYTHON)
