@@ -11,6 +11,19 @@ _os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+def check_backend_env() -> str | None:
+    """The problem with ``KERAS_BACKEND``, if any, as one message (no keras import).
+
+    Returns ``None`` when it is unset (keras then uses its default) or one of
+    :data:`BACKENDS`; else a message naming the bad value and the valid ones.
+    """
+    value = _os.environ.get("KERAS_BACKEND")
+    if value is None or value in BACKENDS:
+        return None
+    return f"KERAS_BACKEND={value!r} is not a backend kbench runs on; set it to one of: {', '.join(BACKENDS)}"
 
 
 class KbenchError(Exception):

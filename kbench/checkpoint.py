@@ -175,8 +175,11 @@ def find(path: str) -> str:
     epochs = sorted(n for n in os.listdir(root) if n.startswith("epoch-")) if os.path.isdir(root) else []
     if epochs:
         return os.path.join(root, epochs[-1])
+    if os.path.isfile(os.path.join(path, "config.yaml")):
+        raise KbenchError(f"run {path!r} stopped before its first epoch ended, so there is nothing to resume; "
+                          f"start it again: python -m kbench.run --config {os.path.join(path, 'config.yaml')}")
     raise KbenchError(f"no checkpoint in {path!r} (expected {CKPT_DIR}/{LAST} or {CKPT_DIR}/epoch-*); "
-                      "it is not a kbench run folder, or the run stopped before its first epoch ended")
+                      "it is not a kbench run folder")
 
 
 def load_state(ckpt: str) -> dict:

@@ -175,7 +175,7 @@ def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
 
     It raises instead of exiting on bad input; :func:`parse` turns that into one message.
     """
-    p = ArgumentParser(prog=prog, exit_on_error=False, description="kbench: transfer-learning trainer for "
+    p = ArgumentParser(prog=prog, exit_on_error=False, allow_abbrev=False, description="kbench: transfer-learning trainer for "
                        "Keras 3 (backend from KERAS_BACKEND: jax, tensorflow or torch).")
     p.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later ones override earlier")
     p.add_argument("--resume", type=Optional[str], default=None,

@@ -92,7 +92,9 @@ class RunStateMixin:
             path = checkpoint.save(self.run_dir, "interrupted", model.keras_model, opt, state)
         write_status(self.run_dir, "interrupted", signal=name, epoch=self._pos["epoch"], step=self._pos["step"],
                      history=self.history, interrupted_checkpoint=path,
-                     resume=f"python -m kbench.run --resume {self.run_dir}")
+                     resume=(f"python -m kbench.run --resume {self.run_dir}" if self.tracker.values else
+                             f"python -m kbench.run --config {os.path.join(self.run_dir, 'config.yaml')} "
+                             "(no epoch had finished: start again)"))
 
     def _on_non_finite(self, e: NonFiniteLoss) -> None:
         """Mark the run failed in ``results.json`` and raise a clear error; the last

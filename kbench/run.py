@@ -7,6 +7,7 @@ weights, a non-finite loss: one clear message, no traceback), 130 on Ctrl-C
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -35,6 +36,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
 
     d, m, r, t = cfg.data, cfg.model, cfg.recipe, cfg.trainer
     spec = get_spec(m.backbone)
+    if m.weights not in ("imagenet", "none"):
+        check_weights_file(m.weights)  # a wrong path is a mistake even where it would be ignored
     if r.name == "scratch" and m.weights != "none":
         console.print(f"[yellow]recipe scratch trains the architecture only: ignoring model.weights={m.weights!r}")
         m.weights = "none"
@@ -70,6 +73,23 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
 
 
+def _already_completed(path: str) -> bool:
+    """True (after saying so) when ``--resume`` points at a run that already finished."""
+    from kbench.config import resume_run_dir
+
+    results = os.path.join(resume_run_dir(path), "results.json")
+    try:
+        with open(results) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if done.get("status") != "completed":
+        return False
+    console.print(f"run {os.path.dirname(results)!r} already completed (test top-1 "
+                  f"{done.get('test_accuracy', float('nan')):.4f}); nothing to resume, nothing changed")
+    return True
+
+
 def check_writable(root: str) -> None:
     """Refuse a run root that cannot be created or written, before any work starts.
 
@@ -86,7 +106,13 @@ def check_writable(root: str) -> None:
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Console entry point; returns the exit status (see the module docstring)."""
+    bad_backend = kbench.check_backend_env()
+    if bad_backend:
+        console.print(f"[bold red]error:[/] {bad_backend}")
+        return 2
     cfg = parse(argv)
+    if cfg.resume and _already_completed(cfg.resume):
+        return 0
     try:
         results = run(cfg, callbacks)
     except kbench.KbenchError as e:

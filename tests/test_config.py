@@ -86,3 +86,9 @@ def test_precision_auto_follows_native_bfloat16(monkeypatch):
     monkeypatch.setattr(backend, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert backend.resolve_precision("auto") == "float32"
     assert backend.resolve_precision("mixed_float16") == "mixed_float16"
+
+
+def test_abbreviated_key_is_refused_not_guessed(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse(["--trainer.max_epoch", "3"])
+    assert e.value.code == 2 and "Did you mean 'trainer.max_epochs'" in capsys.readouterr().err

@@ -203,3 +203,26 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
 def test_not_enough_disk_space_is_refused_before_training(tmp_path):
     with pytest.raises(KbenchError, match="not enough disk space"):
         checkpoint.check_free_space(str(tmp_path), 1 << 60)
+
+
+def test_resume_of_a_completed_run_changes_nothing(uninterrupted):
+    _, _, run_dir = uninterrupted
+    before = (run_dir / "results.json").read_bytes()
+    r = _resume(run_dir)
+    assert r.returncode == 0 and "already completed" in r.stdout
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_unknown_keras_backend_is_one_message(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "nosuch"}
+    p = subprocess.run([sys.executable, "-m", "kbench.run", "--print_config"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 2 and "KERAS_BACKEND='nosuch'" in out and "Traceback" not in out
+
+
+def test_missing_weights_file_refused_even_for_scratch(tmp_path, capsys):
+    code = main(["--recipe.name", "scratch", "--model.weights", str(tmp_path / "missing.weights.h5"),
+                 "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert code == 2 and "missing.weights.h5" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
