@@ -69,7 +69,7 @@ def tests_cross_backend(session: nox.Session) -> None:
     gpu = has_nvidia_gpu()
     session.install("-e", ".[test]", *(p for b in BACKEND_PACKAGES.values() for p in b[1 if gpu else 0]))
     session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_predict.py", "tests/test_parity.py",
-                "-k", "other_backends or across_backends", *session.posargs)
+                "-k", "other_backends or across_backends", *(session.posargs or ["-m", "not slow"]))
 
 
 @nox.session(python=PYTHON)

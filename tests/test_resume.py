@@ -64,7 +64,8 @@ def uninterrupted(cifar_dir, tmp_path_factory):
     return json.loads((d / "results.json").read_text()), _metrics(d), d
 
 
-@pytest.mark.parametrize("kill_epoch", [3, 4], ids=["at-phase-boundary", "inside-phase-2"])
+@pytest.mark.parametrize("kill_epoch", [pytest.param(3, marks=pytest.mark.slow), 4],
+                         ids=["at-phase-boundary", "inside-phase-2"])
 def test_sigkill_then_resume_matches_uninterrupted_run(cifar_dir, tmp_path, uninterrupted, kill_epoch):
     clean, clean_rows, _ = uninterrupted
     p = _run(cifar_dir, tmp_path, "--signal", f"KILL@{kill_epoch}:2")
