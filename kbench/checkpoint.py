@@ -200,7 +200,7 @@ def load_state(ckpt: str) -> dict:
     return state
 
 
-def _assign(variables, arrays: list[np.ndarray], paths: list[str] | None, what: str, ckpt: str) -> None:
+def _assign(variables, arrays: list[np.ndarray], what: str, ckpt: str) -> None:
     # matched by order and shape: variable paths carry auto-generated layer names
     # (dense_3, ...) that differ between processes building the same model
     names = [v.path for v in variables]
@@ -221,7 +221,7 @@ def restore_model(ckpt: str, model: keras.Model, state: dict) -> None:
     Raises:
         KbenchError: the checkpoint belongs to another architecture or config.
     """
-    _assign(model.variables, _read_npz(os.path.join(ckpt, "model.npz")), state.get("variable_paths"), "model", ckpt)
+    _assign(model.variables, _read_npz(os.path.join(ckpt, "model.npz")), "model", ckpt)
 
 
 def restore_optimizer(ckpt: str, net: keras.Model, state: dict) -> None:
@@ -235,7 +235,7 @@ def restore_optimizer(ckpt: str, net: keras.Model, state: dict) -> None:
         raise KbenchError(f"checkpoint {ckpt!r} has no optimizer state to continue the phase with")
     if not net.optimizer.built:
         net.optimizer.build(net.trainable_variables)
-    _assign(net.optimizer.variables, _read_npz(path), state.get("optimizer_variable_paths"), "optimizer", ckpt)
+    _assign(net.optimizer.variables, _read_npz(path), "optimizer", ckpt)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -56,8 +56,6 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     size = m.image_size or spec.default_size
     # cheap checks first: before any data is read or weights downloaded
     check_input_size(spec, size)
-    if m.weights not in ("imagenet", "none"):
-        check_weights_file(m.weights)
     if cfg.resume:
         from kbench import checkpoint
 
