@@ -201,6 +201,21 @@ def prepare_environment() -> None:
                 pass
 
 
+def sync_fit_state(model) -> None:
+    """Write a model's in-flight training state back into its variables.
+
+    JAX's ``Model.fit``/``evaluate``/``predict`` carry weights, optimizer slots
+    and metric accumulators as arrays between steps and detach them from the
+    ``keras.Variable`` objects until the epoch ends (reading a variable then gives
+    its *initializer* value). Callbacks that read variables mid-epoch (step
+    checkpoints, the signal guard) call this first; it is
+    ``Model.jax_state_sync()`` on JAX and a no-op on TensorFlow and PyTorch, whose
+    variables are always current.
+    """
+    if name() == "jax" and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
 def value_and_grad(fn, variables: list) -> tuple:
     """Value of a scalar loss and its gradients with respect to ``variables``.
 

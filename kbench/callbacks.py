@@ -26,6 +26,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from kbench import backend
+
 CSV_FIELDS = ["phase", "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy",
               "learning_rate", "images_per_s", "epoch_time_s"]
 
@@ -217,11 +219,16 @@ class MaxStepsStopper(keras.callbacks.Callback):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Raised at a batch boundary after SIGINT/SIGTERM (``signum`` says which)."""
+    """Raised at a safe point after SIGINT/SIGTERM (``signum`` says which).
 
-    def __init__(self, signum: int):
+    ``where`` is ``"train_batch"`` (inside an epoch, after the batch's position
+    checkpoint was written), ``"epoch_end"`` (after the epoch checkpoint) or
+    ``"outside_fit"`` (feature caching, testing, inference timing).
+    """
+
+    def __init__(self, signum: int, where: str = "outside_fit"):
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.where = signum, where
 
 
 class NonFiniteLoss(RuntimeError):
@@ -248,10 +255,10 @@ class SignalGuard:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def check(self) -> None:
-        """Raise :class:`TrainingInterrupted` if a signal arrived."""
+    def check(self, where: str = "outside_fit") -> None:
+        """Raise :class:`TrainingInterrupted` (with ``where``) if a signal arrived."""
         if self.signum is not None:
-            raise TrainingInterrupted(self.signum)
+            raise TrainingInterrupted(self.signum, where)
 
     def __enter__(self):
         try:
@@ -269,13 +276,34 @@ class SignalGuard:
 
 
 class GuardCallback(keras.callbacks.Callback):
-    """Checks for a pending signal after every batch (train, test, predict) and
-    for a non-finite training loss after every training batch."""
+    """Stops a run at a safe point after a signal, and at the first non-finite
+    training loss.
+
+    Inside ``fit``: a signal seen after a training batch that is not the epoch's
+    last raises there (the :class:`~kbench.checkpoint.StepCheckpoint` placed
+    before this callback has just written the position checkpoint); one seen
+    after the last batch or during validation is held until the epoch ends
+    (after the epoch checkpoint), so no finished work is lost. Outside ``fit``
+    (evaluate, predict) it raises after the current batch. The model's
+    in-flight state is written back first (:func:`kbench.backend.sync_fit_state`).
+    """
 
     def __init__(self, guard: SignalGuard):
         super().__init__()
         self.guard = guard
         self.epoch = 0
+        self.in_fit = False
+
+    def _raise_if_signalled(self, where: str) -> None:
+        if self.guard.signum is not None:
+            backend.sync_fit_state(self.model)
+            self.guard.check(where)
+
+    def on_train_begin(self, logs=None):
+        self.in_fit = True
+
+    def on_train_end(self, logs=None):
+        self.in_fit = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -286,10 +314,22 @@ class GuardCallback(keras.callbacks.Callback):
             value = float(loss)
             if not math.isfinite(value):
                 raise NonFiniteLoss(self.epoch, batch, value)
-        self.guard.check()
+        if not is_last_batch(self.params, batch):
+            self._raise_if_signalled("train_batch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._raise_if_signalled("epoch_end")
 
     def on_test_batch_end(self, batch, logs=None):
-        self.guard.check()
+        if not self.in_fit:
+            self._raise_if_signalled("outside_fit")
 
     def on_predict_batch_end(self, batch, logs=None):
-        self.guard.check()
+        self._raise_if_signalled("outside_fit")
+
+
+def is_last_batch(params: dict | None, batch: int) -> bool:
+    """True when ``batch`` (0-based) is the last of the epoch, from a callback's
+    ``params["steps"]`` (unknown step counts count as not last)."""
+    steps = (params or {}).get("steps")
+    return steps is not None and batch + 1 >= steps

@@ -8,9 +8,19 @@ A checkpoint is a folder ``<run_dir>/checkpoints/<tag>/`` holding
   order, with their paths in ``state.json``;
 * ``optimizer.npz``: the phase optimizer's variables (iteration count, learning
   rate, every slot), when the checkpoint lies inside a phase;
+* ``metrics.npz``: the running metric accumulators (loss and accuracy totals
+  and counts) of a checkpoint taken inside an epoch;
 * ``state.json``: trainer state (format version, phase, epoch, global step,
   trainable layers, learning rate, monitored metric and best value so far,
   metric history, per-phase timings, class names, preprocessing mode).
+
+Tags: ``epoch-NNNN`` after every epoch; ``step-NNNNNNNN`` every N optimizer
+steps inside an epoch (``trainer.checkpoint_every_n_steps``; only the newest is
+kept, and the next epoch checkpoint removes it); ``interrupted`` at the batch
+where SIGINT/SIGTERM stopped the run. Step and interrupted checkpoints record
+``batches_done`` in the epoch, and resuming from one replays that epoch's
+remaining batches in the same order with the same metric accumulators, so the
+run ends exactly as an uninterrupted one would.
 
 The folder is written as ``.tmp-<tag>-<pid>`` and renamed into place, and
 ``checkpoints/last.json`` (the pointer used by ``--resume``) is replaced
@@ -34,7 +44,8 @@ import time
 import keras
 import numpy as np
 
-from kbench import KbenchError
+from kbench import KbenchError, backend
+from kbench.callbacks import is_last_batch
 
 CKPT_FORMAT = 1
 CKPT_DIR = "checkpoints"
@@ -88,16 +99,18 @@ def check_free_space(folder: str, need_bytes: int) -> None:
     if free < need_bytes:
         raise KbenchError(f"not enough disk space in {folder!r} for checkpoints: {free / 2**20:.0f} MiB free, "
                           f"about {need_bytes / 2**20:.0f} MiB needed; free some space, set "
-                          "--trainer.default_root_dir elsewhere or --trainer.checkpoint false")
+                          "--trainer.default_root_dir elsewhere or --trainer.enable_checkpointing false")
 
 
-def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict) -> str:
+def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict, metrics: list | None = None) -> str:
     """Write checkpoint ``<run_dir>/checkpoints/<tag>`` atomically; returns its path.
 
     Args:
         model: the end-to-end model (all variables are saved).
         optimizer: the phase's built optimizer, or None between phases.
         state: JSON-serialisable trainer state (see module docstring).
+        metrics: the fitted model's ``metrics_variables`` for a checkpoint inside
+            an epoch (saved as ``metrics.npz``), else None.
 
     Raises:
         KbenchError: the write failed (disk full, permissions); the temporary
@@ -116,6 +129,8 @@ def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict) -> 
         _write_npz(os.path.join(tmp, "model.npz"), _values(model.variables))
         if optimizer is not None:
             _write_npz(os.path.join(tmp, "optimizer.npz"), _values(optimizer.variables))
+        if metrics is not None:
+            _write_npz(os.path.join(tmp, "metrics.npz"), _values(metrics))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump(state, f, indent=1, default=float)
             f.flush()
@@ -145,12 +160,14 @@ def write_last(run_dir: str, tag: str) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def prune(run_dir: str, keep: set[str]) -> None:
-    """Delete epoch checkpoints not in ``keep`` (and stale temporary folders)."""
+def prune(run_dir: str, keep: set[str], kinds: tuple[str, ...] = ("epoch-", "step-", "interrupted", ".tmp-")) -> None:
+    """Delete checkpoints whose tag starts with one of ``kinds`` and is not in
+    ``keep`` (by default: epoch, step, interrupted and stale temporary folders;
+    after an epoch checkpoint, the step checkpoints before it are superseded)."""
     root = os.path.join(run_dir, CKPT_DIR)
     for name in os.listdir(root):
         path = os.path.join(root, name)
-        if os.path.isdir(path) and name not in keep and (name.startswith("epoch-") or name.startswith(".tmp-")):
+        if os.path.isdir(path) and name not in keep and name.startswith(kinds):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -236,6 +253,85 @@ def restore_optimizer(ckpt: str, net: keras.Model, state: dict) -> None:
     if not net.optimizer.built:
         net.optimizer.build(net.trainable_variables)
     _assign(net.optimizer.variables, _read_npz(path), "optimizer", ckpt)
+
+
+def restore_metrics(ckpt: str, net: keras.Model) -> None:
+    """Assign a position checkpoint's ``metrics.npz`` to ``net.metrics_variables``.
+
+    Raises:
+        KbenchError: the file is missing or does not match ``net``'s metrics.
+    """
+    path = os.path.join(ckpt, "metrics.npz")
+    if not os.path.isfile(path):
+        raise KbenchError(f"checkpoint {ckpt!r} lies inside an epoch but has no metrics.npz; resume from an "
+                          f"epoch checkpoint instead: --resume {os.path.dirname(ckpt)}/epoch-NNNN")
+    _assign(net.metrics_variables, _read_npz(path), "model's metrics", ckpt)
+
+
+class RestoreMetrics(keras.callbacks.Callback):
+    """Puts a position checkpoint's metric accumulators back at the start of the
+    resumed epoch (Keras resets metrics just before ``on_epoch_begin``), so the
+    epoch's logged loss and accuracy cover all of its batches.
+
+    Args:
+        ckpt: the position checkpoint folder.
+        sample_batch: one ``(x, y)`` batch: the compiled metrics are built from
+            its shapes first (TensorFlow defers that to the first step; this is
+            the build Keras itself runs before JAX and PyTorch training).
+    """
+
+    def __init__(self, ckpt: str, sample_batch):
+        super().__init__()
+        self.ckpt, self.sample_batch = ckpt, sample_batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model._symbolic_build(data_batch=self.sample_batch)
+        restore_metrics(self.ckpt, self.model)
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Position checkpoints inside an epoch: every ``every_n`` optimizer steps
+    (tag ``step-NNNNNNNN``, the previous one removed) and at the batch where a
+    signal arrived (tag ``interrupted``); ``last.json`` points at it. The
+    epoch's last batch is skipped: the epoch checkpoint follows it.
+
+    Place it before :class:`~kbench.callbacks.GuardCallback`, which raises after it.
+
+    Args:
+        run_dir: the run folder (None: do nothing).
+        e2e: the end-to-end model whose variables are saved.
+        make_state: ``(epoch_0based, batches_done, kind) -> dict`` trainer state.
+        every_n: steps between checkpoints (None or 0: only on a signal).
+        guard: the trainer's :class:`~kbench.callbacks.SignalGuard`.
+        meter: the phase's :class:`~kbench.callbacks.ThroughputMeter` (global step).
+
+    Attributes:
+        offset: batches of the current epoch done before this ``fit`` call (a
+            resumed epoch's first ``fit`` serves only the remaining batches).
+    """
+
+    def __init__(self, run_dir: str | None, e2e: keras.Model, make_state, every_n: int | None, guard, meter):
+        super().__init__()
+        self.run_dir, self.e2e, self.make_state = run_dir, e2e, make_state
+        self.every_n, self.guard, self.meter = every_n, guard, meter
+        self.offset, self.epoch = 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.run_dir is None or is_last_batch(self.params, batch):
+            return
+        signalled = self.guard.signum is not None
+        if not signalled and not (self.every_n and self.meter.global_step % self.every_n == 0):
+            return
+        backend.sync_fit_state(self.model)
+        kind = "interrupted" if signalled else "step"
+        tag = "interrupted" if signalled else f"step-{self.meter.global_step:08d}"
+        state = self.make_state(self.epoch, self.offset + batch + 1, kind)
+        save(self.run_dir, tag, self.e2e, self.model.optimizer, state, metrics=self.model.metrics_variables)
+        write_last(self.run_dir, tag)
+        prune(self.run_dir, {tag}, kinds=("step-",))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -130,6 +130,8 @@ class TrainerConfig:
         monitor: val_accuracy, val_loss, accuracy or loss: picks the best epoch, whose weights are tested and saved.
         save_top_k: best epoch checkpoints kept besides the last one.
         early_stopping_patience: end a phase after this many epochs without a better monitor value (null = never).
+        checkpoint_every_n_steps: also checkpoint every N optimizer steps inside an epoch (null = only after each
+            epoch and at Ctrl-C); --resume from one continues exactly at that step.
     """
 
     max_epochs: Optional[int] = None
@@ -150,6 +152,7 @@ class TrainerConfig:
     monitor: Literal["val_accuracy", "val_loss", "accuracy", "loss"] = "val_accuracy"
     save_top_k: int = 1
     early_stopping_patience: Optional[int] = None
+    checkpoint_every_n_steps: Optional[int] = None
 
 
 @dataclass
@@ -203,7 +206,7 @@ def explain(message: str) -> str:
 
 # Keys that may differ between a run and its --resume (they do not change results).
 RESUME_MAY_DIFFER = {"trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.name",
-                     "trainer.inference_batches"}
+                     "trainer.inference_batches", "trainer.checkpoint_every_n_steps"}
 
 
 def _fail(msg: str, prog: str = "python -m kbench.run"):

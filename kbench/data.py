@@ -27,6 +27,7 @@ folder are listed and skipped with a warning, or refused with ``strict``.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import pickle
@@ -409,6 +410,7 @@ class BatchSequence(keras.utils.PyDataset):
     ``y`` batches are ``int32 (b,)``. ``epoch`` can be set to resume an order.
 
     ``limit_batches``: int = number of batches, float = fraction of them.
+    :meth:`tail` serves only an epoch's last batches (resuming inside an epoch).
     """
 
     def __init__(self, x, y, batch_size: int, image_size: int | None, shuffle: bool = False, seed: int = 0,
@@ -424,11 +426,26 @@ class BatchSequence(keras.utils.PyDataset):
             n = min(n, limit_batches)
         self.n_batches = n
         self.epoch = 0
+        self.offset = 0
+
+    def tail(self, start: int) -> "BatchSequence":
+        """A copy that serves batches ``start..`` of this epoch's order (same
+        samples, same augmentation) as its batches ``0..``; ``epoch`` is shared
+        at the time of the call.
+
+        Raises:
+            ValueError: ``start`` is not in ``[0, len(self))``.
+        """
+        if not 0 <= start < self.n_batches - self.offset:
+            raise ValueError(f"tail start {start} outside [0, {self.n_batches - self.offset})")
+        out = copy.copy(self)
+        out.offset, out._order = self.offset + start, None
+        return out
 
     def batch_sizes(self) -> list[int]:
         """Number of samples in each served batch (the last one may be smaller)."""
         n = len(self.y)
-        return [min(self.batch_size, n - i * self.batch_size) for i in range(self.n_batches)]
+        return [min(self.batch_size, n - i * self.batch_size) for i in range(self.offset, self.n_batches)]
 
     def order(self) -> np.ndarray:
         """Sample order of the current epoch."""
@@ -444,11 +461,12 @@ class BatchSequence(keras.utils.PyDataset):
         self._order = None
 
     def __len__(self) -> int:
-        return self.n_batches
+        return self.n_batches - self.offset
 
     def __getitem__(self, i: int):
-        if i >= self.n_batches:
+        if i >= len(self):
             raise IndexError(i)
+        i += self.offset
         order = getattr(self, "_order", None)
         if order is None:
             order = self._order = self.order()

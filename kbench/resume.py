@@ -78,21 +78,30 @@ class RunStateMixin:
 
     def _on_interrupt(self, e: TrainingInterrupted, model: TransferModel, recipe: Recipe,
                       phase_info: list[dict]) -> None:
-        """Write an ``interrupted`` checkpoint and ``results.json`` after a signal."""
+        """Write ``results.json`` (status ``interrupted``) after a signal. Inside an
+        epoch the ``interrupted`` position checkpoint (resumable exactly) was
+        written by :class:`~kbench.checkpoint.StepCheckpoint`; at an epoch end the
+        epoch checkpoint; elsewhere (feature caching, testing) a snapshot of the
+        weights is written here (``interrupted-snapshot``, not resumable) and
+        ``--resume`` continues from the last epoch checkpoint."""
         name = signal.Signals(e.signum).name
         self._log(f"[bold red]{name} received[/]: writing checkpoint and results.json")
         net, path = self._pos.get("net"), None
-        if self.enable_checkpointing:
+        if self.enable_checkpointing and e.where in ("train_batch", "epoch_end"):
+            # inside fit the callbacks already wrote a resumable checkpoint at this very batch or epoch end
+            path = checkpoint.find(self.run_dir)
+        elif self.enable_checkpointing:
             i = self._pos.get("phase_index")
             state = {"phase_index": i, "phase": recipe.phases[i].name if i is not None else None,
-                     "kind": "interrupted", "epoch": self._pos["epoch"], "step": self._pos["step"],
+                     "kind": "snapshot", "epoch": self._pos["epoch"], "step": self._pos["step"],
                      "history": self.history, "phases": phase_info, "tracker": self.tracker.to_dict(),
                      "class_names": model.class_names, "preprocess": model.preprocess.mode}
             opt = net.optimizer if net is not None and net.optimizer.built else None
-            path = checkpoint.save(self.run_dir, "interrupted", model.keras_model, opt, state)
+            path = checkpoint.save(self.run_dir, "interrupted-snapshot", model.keras_model, opt, state)
         write_status(self.run_dir, "interrupted", signal=name, epoch=self._pos["epoch"], step=self._pos["step"],
                      history=self.history, interrupted_checkpoint=path,
-                     resume=(f"python -m kbench.run --resume {self.run_dir}" if self.tracker.values else
+                     resume=(f"python -m kbench.run --resume {self.run_dir}"
+                             if self.tracker.values or e.where == "train_batch" and path else
                              f"python -m kbench.run --config {os.path.join(self.run_dir, 'config.yaml')} "
                              "(no epoch had finished: start again)"))
 

@@ -50,7 +50,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
                       name=t.name or f"{m.backbone}-{r.name}", enable_progress_bar=t.enable_progress_bar,
                       inference_batches=t.inference_batches, enable_checkpointing=t.enable_checkpointing,
                       monitor=t.monitor, save_top_k=t.save_top_k, early_stopping_patience=t.early_stopping_patience,
-                      callbacks=callbacks, console=console)
+                      checkpoint_every_n_steps=t.checkpoint_every_n_steps, callbacks=callbacks, console=console)
     dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
                     d.max_test_per_class, d.interpolation, d.augment, d.strict)
     size = m.image_size or spec.default_size

@@ -84,6 +84,9 @@ class Trainer(RunStateMixin):
         save_top_k: best epoch checkpoints kept besides the last one.
         early_stopping_patience: end a phase after this many epochs without a
             better ``monitor`` (None = never).
+        checkpoint_every_n_steps: also write a position checkpoint every N
+            optimizer steps inside an epoch (None = only after each epoch and at
+            a signal); resuming from one is exact.
 
     Raises:
         KbenchError: unknown precision or monitor, unwritable ``default_root_dir``.
@@ -96,9 +99,14 @@ class Trainer(RunStateMixin):
                  deterministic: bool = True, callbacks: list | None = None, default_root_dir: str = "runs",
                  name: str = "kbench", enable_progress_bar: bool = True, inference_batches: int = 10,
                  enable_checkpointing: bool = True, monitor: str = "val_accuracy", save_top_k: int = 1,
-                 early_stopping_patience: int | None = None, console: Console | None = None):
+                 early_stopping_patience: int | None = None, checkpoint_every_n_steps: int | None = None,
+                 console: Console | None = None):
         if precision not in PRECISIONS:
             raise KbenchError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
+            raise KbenchError(f"checkpoint_every_n_steps={checkpoint_every_n_steps} must be >= 1 (or null for "
+                              "checkpoints only after each epoch)")
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.max_epochs, self.max_steps, self.fast_dev_run = max_epochs, max_steps, fast_dev_run
         self.limits = {"train": limit_train_batches, "val": limit_val_batches, "test": limit_test_batches}
         self.precision_requested = precision
@@ -199,10 +207,12 @@ class Trainer(RunStateMixin):
         epoch, step, phase_info = 0, 0, []
         if state:
             epoch, step, phase_info = self._resume(ckpt, state, model, e2e, datamodule, recipe, csv_path)
+        skip = state.get("batches_done", 0) if state else 0
+        where = f"in epoch {epoch + 1} after batch {skip}" if skip else f"after epoch {epoch}"
         self._log(f"[bold]kbench[/] {recipe.name} on {model.spec.name} @ {model.image_size}px, backend "
                   f"{backend.name()}, {len(datamodule.train)} train / {len(datamodule.val)} val / "
                   f"{len(datamodule.test)} test images, run folder {run_dir}"
-                  + (f", resuming after epoch {epoch} from {ckpt}" if ckpt else ""))
+                  + (f", resuming {where} from {ckpt}" if ckpt else ""))
         epochs = self._phase_epochs(recipe.phases)
         cuts = [self._cut_for(model, p, datamodule, recipe) if n else None for p, n in zip(recipe.phases, epochs)]
         cache = FeatureCache(model, datamodule, self)
@@ -215,8 +225,10 @@ class Trainer(RunStateMixin):
                     if state and i < state["phase_index"] or (state and i == state["phase_index"]
                                                               and state["phase_done"]):
                         continue
+                    resume_at = None
                     if state and i == state["phase_index"]:
                         done_before = state["phase_epochs_done"]
+                        resume_at = ckpt if done_before or skip else None
                     if n_epochs - done_before <= 0:
                         if phase.epochs and not done_before:
                             self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_epochs={self.max_epochs} reached")
@@ -224,9 +236,9 @@ class Trainer(RunStateMixin):
                     if 0 < self.max_steps <= step:
                         self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_steps={self.max_steps} reached")
                         continue
-                    resume_opt = ckpt if done_before else None
                     info = self._run_phase(i, phase, n_epochs, done_before, cut, model, datamodule, recipe, cache,
-                                           csv_path, epoch, step, phase_info, resume_opt)
+                                           csv_path, epoch, step, phase_info, resume_at,
+                                           skip if resume_at else 0)
                     phase_info.append(info)
                     epoch, step = self._pos["epoch"], self._pos["step"]
                     self.guard.check()
@@ -253,8 +265,9 @@ class Trainer(RunStateMixin):
         return self.results
 
     def _run_phase(self, i, phase, n_epochs, done_before, cut, model, datamodule, recipe, cache, csv_path,
-                   epoch, step, phase_info, resume_ckpt) -> dict:
-        """Run phase ``i`` from epoch ``epoch`` (``done_before`` of its epochs already done)."""
+                   epoch, step, phase_info, resume_ckpt, skip) -> dict:
+        """Run phase ``i`` from epoch ``epoch`` (``done_before`` of its epochs already done; ``skip``
+        batches of epoch ``epoch + 1`` already done, per ``resume_ckpt``)."""
         apply_phase(model.base, phase)
         e2e = model.compose(base_training=False if phase.base_inference else None)
         trainable, frozen = count_params(e2e)
@@ -292,14 +305,30 @@ class Trainer(RunStateMixin):
             return self._state(i, phase, epoch1 - start_epoch, n_epochs, stopped or epoch1 - start_epoch >= n_epochs,
                                model, net, logger.rows, phase_info)
 
-        saver = checkpoint.EpochCheckpoint(self.run_dir if self.enable_checkpointing else None,
-                                           model.keras_model, make_state, self.tracker)
-        cbs = [meter, logger, saver, MaxStepsStopper(meter, self.max_steps), *self._progress(phase.name),
+        def make_position_state(epoch0: int, batches_done: int, kind: str) -> dict:
+            self._pos.update(epoch=epoch0, step=meter.global_step)
+            return {**self._state(i, phase, epoch0 - start_epoch, n_epochs, False, model, net, logger.rows,
+                                  phase_info), "kind": kind, "batches_done": batches_done}
+
+        ckpt_dir = self.run_dir if self.enable_checkpointing else None
+        saver = checkpoint.EpochCheckpoint(ckpt_dir, model.keras_model, make_state, self.tracker)
+        stepper = checkpoint.StepCheckpoint(ckpt_dir, model.keras_model, make_position_state,
+                                            self.checkpoint_every_n_steps, self.guard, meter)
+        cbs = [meter, logger, saver, stepper, MaxStepsStopper(meter, self.max_steps), *self._progress(phase.name),
                *self.callbacks]
         t_fit = time.perf_counter()
         try:
-            net.fit(train_seq, validation_data=val_seq, epochs=start_epoch + n_epochs, initial_epoch=epoch,
-                    shuffle=False, verbose=0, callbacks=cbs)
+            first = epoch
+            if skip:  # finish the interrupted epoch: its remaining batches, same order, metrics restored
+                tail = train_seq.tail(skip)
+                meter.batch_sizes, stepper.offset = tail.batch_sizes(), skip
+                net.fit(tail, validation_data=val_seq, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                        verbose=0, callbacks=[checkpoint.RestoreMetrics(resume_ckpt, tail[0]), *cbs])
+                meter.batch_sizes, stepper.offset = train_seq.batch_sizes(), 0
+                train_seq.epoch, first = epoch + 1, epoch + 1
+            if first < start_epoch + n_epochs and not (skip and net.stop_training):
+                net.fit(train_seq, validation_data=val_seq, epochs=start_epoch + n_epochs, initial_epoch=first,
+                        shuffle=False, verbose=0, callbacks=cbs)
         finally:
             self.history.extend(logger.rows)
             self._pos["step"] = meter.global_step

@@ -76,8 +76,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(cifar_dir, tmp_path, unin
     assert last == f"epoch-{kill_epoch - 1:04d}"
     r = _resume(run_dir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _assert_same_as_uninterrupted(run_dir, clean, clean_rows, last)
+
+
+def _assert_same_as_uninterrupted(run_dir, clean, clean_rows, resumed_from):
     res = json.loads((run_dir / "results.json").read_text())
-    assert res["status"] == "completed" and res["resumed_from"] == last
+    assert res["status"] == "completed" and res["resumed_from"] == resumed_from
     assert res["test_accuracy"] == clean["test_accuracy"]
     assert res["test_loss"] == clean["test_loss"]
     assert _metrics(run_dir) == clean_rows  # every epoch's losses, step counts and learning rates
@@ -86,17 +90,57 @@ def test_sigkill_then_resume_matches_uninterrupted_run(cifar_dir, tmp_path, unin
     assert res["tested_epoch"] == clean["tested_epoch"]
 
 
-@pytest.mark.parametrize("sig,code", [("INT", 130), pytest.param("TERM", 143, marks=pytest.mark.slow)])
-def test_signal_writes_checkpoint_and_interrupted_results(cifar_dir, tmp_path, sig, code):
-    p = _run(cifar_dir, tmp_path, "--signal", f"{sig}@2:1")
-    assert p.returncode == code, p.stdout[-3000:] + p.stderr[-3000:]
+def test_step_checkpoint_sigkill_inside_an_epoch_then_exact_resume(cifar_dir, tmp_path, uninterrupted):
+    # 3 batches per epoch, a step checkpoint every 2 steps: steps 8 (epoch 3) and 10 (epoch 4, batch 1);
+    # killed at step 11 (epoch 4, batch 2). The resume replays batches 2-3 of epoch 4 with the saved
+    # metric accumulators, so every logged number matches the uninterrupted run.
+    clean, clean_rows, _ = uninterrupted
+    p = _run(cifar_dir, tmp_path, "--signal", "KILL@4:2", extra=["--trainer.checkpoint_every_n_steps", "2"])
+    assert p.returncode == -9, p.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    ckpts = sorted(x.name for x in (run_dir / "checkpoints").iterdir() if x.is_dir())
+    steps = [c for c in ckpts if c.startswith("step-")]
+    assert "epoch-0003" in ckpts and steps == ["step-00000010"]  # step 8 was superseded by epoch 3
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "step-00000010"
+    state = checkpoint.load_state(str(run_dir / "checkpoints" / "step-00000010"))
+    assert (state["kind"], state["epoch"], state["batches_done"], state["step"]) == ("step", 3, 1, 10)
+    r = _resume(run_dir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "in epoch 4 after batch 1" in " ".join(r.stdout.split())  # rich wraps long lines
+    _assert_same_as_uninterrupted(run_dir, clean, clean_rows, "step-00000010")
+    assert not [x for x in (run_dir / "checkpoints").iterdir() if x.name.startswith("step-")]
+
+
+def test_ctrl_c_inside_an_epoch_checkpoints_that_batch_and_resumes_exactly(cifar_dir, tmp_path, uninterrupted):
+    # SIGINT sent at the end of epoch 4's batch 1 is seen after batch 2: the run stops there
+    clean, clean_rows, _ = uninterrupted
+    p = _run(cifar_dir, tmp_path, "--signal", "INT@4:1")
+    assert p.returncode == 130, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "Traceback" not in p.stdout + p.stderr
     run_dir = _only_run_dir(tmp_path)
     res = json.loads((run_dir / "results.json").read_text())
-    assert res["status"] == "interrupted" and res["signal"] == f"SIG{sig}"
-    assert res["epoch"] == 1 and res["resume"].endswith(str(run_dir))
+    assert res["status"] == "interrupted" and res["signal"] == "SIGINT"
+    assert res["epoch"] == 3 and res["step"] == 11 and res["resume"].endswith(str(run_dir))
     state = checkpoint.load_state(str(run_dir / "checkpoints" / "interrupted"))
-    assert state["kind"] == "interrupted" and state["phase"] == "feature_extraction"
-    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "epoch-0001"
+    assert (state["kind"], state["phase"], state["batches_done"]) == ("interrupted", "fine_tune", 2)
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "interrupted"
+    r = _resume(run_dir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _assert_same_as_uninterrupted(run_dir, clean, clean_rows, "interrupted")
+
+
+@pytest.mark.slow
+def test_signal_at_an_epochs_last_batch_waits_for_the_epoch_checkpoint(cifar_dir, tmp_path):
+    # SIGTERM at the end of epoch 2's batch 2 is seen after batch 3, the epoch's last: validation
+    # and the epoch checkpoint finish first, then the run stops
+    p = _run(cifar_dir, tmp_path, "--signal", "TERM@2:2")
+    assert p.returncode == 143, p.stdout[-3000:] + p.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "interrupted" and res["signal"] == "SIGTERM" and res["epoch"] == 2
+    assert res["interrupted_checkpoint"].endswith("epoch-0002")
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "epoch-0002"
+    assert [r["epoch"] for r in _metrics(run_dir)] == ["1", "2"]
     assert "Traceback" not in p.stdout + p.stderr
 
 
