@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kbench import compare, report
+from kbench import compare, compare_env, compare_run, report
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 FLOPS = {"train_per_image": 3e9, "inference_per_image": 1e9, "source": "test", "error": None}
@@ -247,7 +247,7 @@ def test_make_row_reads_failed_status(tmp_path):
     log = tmp_path / "logs" / "jax-seed0.log"
     log.parent.mkdir()
     log.write_text("line 1\nerror: non-finite loss\n")
-    row = compare.make_row("jax", 0, str(tmp_path), str(run), 2, str(log), 5.0)
+    row = compare_run.make_row("jax", 0, str(tmp_path), str(run), 2, str(log), 5.0)
     assert row["status"] == "failed" and row["exit_code"] == 2
     assert row["error"].startswith("exit code 2; non-finite loss nan at epoch 1")
     assert "error: non-finite loss" in row["error"]
@@ -307,7 +307,7 @@ def test_compare_end_to_end_with_a_failing_backend(cifar_dir, tmp_path):
     for name in report.FILES:
         assert (out / name).stat().st_size > 0
     # a second compare into the same folder reuses the completed run
-    again = compare.run_one(str(cfg), good, 0, str(out), ["--trainer.max_epochs", "1"])
+    again = compare_run.run_one(str(cfg), good, 0, str(out), ["--trainer.max_epochs", "1"])
     assert again["reused"] and again["status"] == "completed"
 
 
@@ -319,11 +319,11 @@ def test_annotate_compute_takes_the_best_peak(tmp_path, monkeypatch):
         flops = {k: {"inference_per_image": 1e9, "train_per_image": 3e9} for k in models}
         return {"peaks": {d: {"gflops": peaks[backend], "method": "m"} for d in dtypes}, "flops": flops, "errors": {}}
 
-    monkeypatch.setattr(compare, "run_probe", fake_probe)
+    monkeypatch.setattr(compare_env, "run_probe", fake_probe)
     rows = [_row("jax", 0, 0.6, 1.0), _row("torch", 0, 0.6, 1.0), _failed("torch", 1)]
     for r in rows:
         r["flops"] = r["peak"] = None
-    compare.annotate_compute(rows, str(tmp_path))
+    compare_env.annotate_compute(rows, str(tmp_path))
     assert rows[0]["flops"]["inference_per_image"] == 1e9 and rows[1]["flops"]["train_per_image"] == 3e9
     assert rows[0]["flops"]["model"] == {"backbone": "mobilenetv3small", "image_size": 32, "head": "gap",
                                          "num_classes": 10}
@@ -357,7 +357,7 @@ def test_probe_stores_flops_and_peak(tmp_path, monkeypatch):
     ok = _row(good, 0, 0.5, 1.0)
     ok["flops"] = ok["peak"] = None
     out = tmp_path
-    compare.annotate_compute([ok], str(out), timeout_s=300)
+    compare_env.annotate_compute([ok], str(out), timeout_s=300)
     # FLOPs and peak are stored in the row (None with the reason where kbench.perf cannot give them)
     assert ok["flops"]["model"] == {"backbone": "mobilenetv3small", "image_size": 32, "head": "gap", "num_classes": 10}
     if ok["flops"]["error"] is None:
