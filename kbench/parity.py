@@ -45,13 +45,10 @@ backend pair:
    steps (as when kbench trains a head) and moving statistics for logits, loss and
    gradients.
 
-Error measure, for arrays ``a`` and ``b`` of two backends:
-``max_abs = max |a - b|`` and ``rel = max |a - b| / max(max |a|, max |b|)`` (the
-difference relative to the scale of the tensor; element-wise ratios are
-meaningless for values near zero). Gradients are compared per variable and the
-worst variable counts; step losses per step and the worst step counts. A pair
-passes when every quantity's ``rel`` is within its tolerance (:data:`TOLERANCES`)
-and everything is finite.
+The outputs of every backend pair are compared by :mod:`kbench.parity_compare`
+(error measure, tolerances :data:`kbench.parity_compare.TOLERANCES` and their
+reasons), the worker body is in :mod:`kbench.parity_worker`, and ``parity.md`` and
+the terminal table come from :mod:`kbench.parity_report`.
 
 Exit status of :func:`main`: 0 every pair passes, 1 some pair fails or a backend
 failed, 2 bad command line (unknown model, backend or precision).
@@ -61,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import importlib.util
 import json
 import os
@@ -69,314 +65,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from kbench.parity_compare import TOLERANCES, compare_results, tolerances_for
+from kbench.parity_report import print_table, render_markdown
+from kbench.parity_worker import _worker
+
 BACKENDS = ("jax", "tensorflow", "torch")
 PRECISIONS = ("float32", "mixed_bfloat16")
 DEFAULT_MODELS = "vgg16,resnet50,mobilenetv2"
-QUANTITIES = ("logits", "loss", "head_grads", "step_losses")
 TRAIN_SCOPES = ("head", "all")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class Tolerances:
-    """Largest allowed ``rel`` (see module docstring) per compared quantity."""
-
-    logits: float
-    loss: float
-    head_grads: float
-    step_losses: float
-    why: str
-
-    def of(self, quantity: str) -> float:
-        """Tolerance for one of :data:`QUANTITIES`."""
-        return float(getattr(self, quantity))
-
-
-# Keyed by (precision, device type). "gpu" applies when either backend of a pair ran on a GPU.
-TOLERANCES: dict[tuple[str, str], Tolerances] = {
-    # The issue's requirement: CPU float32, relative 1e-4 on the logits. The backends run
-    # the same float32 math through different kernels (oneDNN, XLA:CPU, ATen) with
-    # different summation orders, so only rounding differs (float32 eps 1.2e-7, grown
-    # through ~20-150 layers). The loss is a smooth function of the logits: same bound.
-    # Gradients are batch sums of products that partly cancel, so relative to their
-    # largest element they carry ~10x the relative error of their inputs: 1e-3. Step
-    # losses: each SGD step feeds the previous steps' (rounding-different) updates back
-    # in, so differences compound; 1e-3 for the first few steps.
-    ("float32", "cpu"): Tolerances(1e-4, 1e-4, 1e-3, 1e-3,
-                                   "CPU float32: 1e-4 on logits and loss (issue requirement); 1e-3 on head "
-                                   "gradients (cancelling batch sums) and on training-step losses (compounding)"),
-    # GPUs: TensorFlow and PyTorch may run float32 convolutions/matmuls as TF32 (10-bit
-    # mantissa, relative rounding 2^-11 ~ 5e-4) and cuDNN picks different algorithms;
-    # 10x the CPU bounds.
-    ("float32", "gpu"): Tolerances(1e-3, 1e-3, 1e-2, 1e-2,
-                                   "GPU float32: 10x the CPU bounds, for TF32 matmuls/convolutions "
-                                   "(relative rounding ~5e-4) and cuDNN algorithm choice"),
-    # mixed_bfloat16: activations rounded to 8 significant bits (relative 2^-9 ~ 2e-3)
-    # at every layer; through a deep network that reaches a few percent. Variables,
-    # the last Dense and the loss stay float32.
-    ("mixed_bfloat16", "cpu"): Tolerances(5e-2, 5e-2, 1e-1, 5e-2,
-                                          "mixed_bfloat16: bfloat16 activations (relative rounding ~2e-3 per "
-                                          "layer, accumulated over the network)"),
-    ("mixed_bfloat16", "gpu"): Tolerances(5e-2, 5e-2, 1e-1, 5e-2,
-                                          "mixed_bfloat16 on GPU: as on CPU (bfloat16 rounding dominates TF32)"),
-}
-
-
 class UsageError(Exception):
     """Bad command-line input; :func:`main` prints the message and returns 2."""
-
-
-# --------------------------------------------------------------------------- comparison (pure numpy)
-def compare_arrays(a, b) -> dict:
-    """Difference of two arrays of the same shape (any float dtype; compared in float64).
-
-    Returns:
-        ``{"max_abs": max|a-b|, "rel": max|a-b| / max(max|a|, max|b|), "finite": bool}``;
-        ``rel`` is 0 for two all-zero arrays and ``inf`` when either holds NaN/inf.
-
-    Raises:
-        ValueError: the shapes differ.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
-    if not finite:
-        return {"max_abs": float("inf"), "rel": float("inf"), "finite": False}
-    if a.size == 0:
-        return {"max_abs": 0.0, "rel": 0.0, "finite": True}
-    max_abs = float(np.abs(a - b).max())
-    scale = float(max(np.abs(a).max(), np.abs(b).max()))
-    rel = 0.0 if max_abs == 0.0 else (max_abs / scale if scale > 0 else float("inf"))
-    return {"max_abs": max_abs, "rel": rel, "finite": True}
-
-
-def _worst(parts: dict[str, dict]) -> tuple[str, dict]:
-    """The entry with the largest ``rel`` (ties: first)."""
-    name = max(parts, key=lambda k: parts[k]["rel"])
-    return name, parts[name]
-
-
-def compare_results(a: dict[str, np.ndarray], b: dict[str, np.ndarray], tol: Tolerances) -> dict:
-    """Compare two backends' outputs for one model.
-
-    Args:
-        a, b: arrays by key: ``"logits"`` ``(batch, classes)``, ``"loss"`` ``()``,
-            ``"step_losses"`` ``(steps,)`` and one ``"grad/<variable path>"`` per head
-            variable (the variable's shape); float32 or float64.
-        tol: the tolerances to apply.
-
-    Returns:
-        ``{"verdict": "pass"|"fail", "worst": {"quantity", "rel", "max_abs", "tol",
-        "where"}, "quantities": {quantity: {"rel", "max_abs", "tol", "ok", "where"}}}``.
-        ``where`` names the worst gradient variable / step (``""`` otherwise). The
-        worst quantity is the one with the largest ``rel / tol``; any failing one
-        fails the pair.
-
-    Raises:
-        ValueError: the two sides hold different gradient variables or shapes.
-    """
-    grads_a = sorted(k for k in a if k.startswith("grad/"))
-    grads_b = sorted(k for k in b if k.startswith("grad/"))
-    if grads_a != grads_b:
-        raise ValueError(f"head variables differ: {grads_a} vs {grads_b}")
-    quantities: dict[str, dict] = {}
-    for q in ("logits", "loss"):
-        quantities[q] = {**compare_arrays(a[q], b[q]), "where": ""}
-    per_var = {k.removeprefix("grad/"): compare_arrays(a[k], b[k]) for k in grads_a}
-    name, worst = _worst(per_var) if per_var else ("", {"max_abs": 0.0, "rel": 0.0, "finite": True})
-    quantities["head_grads"] = {**worst, "where": name}
-    sa, sb = np.atleast_1d(a["step_losses"]), np.atleast_1d(b["step_losses"])
-    if sa.shape != sb.shape:
-        raise ValueError(f"step losses differ in length: {sa.shape} vs {sb.shape}")
-    per_step = {f"step {i + 1}": compare_arrays(sa[i], sb[i]) for i in range(sa.size)}
-    name, worst = _worst(per_step) if per_step else ("", {"max_abs": 0.0, "rel": 0.0, "finite": True})
-    quantities["step_losses"] = {**worst, "where": name}
-    for q, d in quantities.items():
-        d["tol"] = tol.of(q)
-        d["ok"] = bool(d.pop("finite") and d["rel"] <= d["tol"])
-    worst_q = max(QUANTITIES, key=lambda q: quantities[q]["rel"] / quantities[q]["tol"])
-    w = quantities[worst_q]
-    return {
-        "verdict": "pass" if all(d["ok"] for d in quantities.values()) else "fail",
-        "worst": {"quantity": worst_q, "rel": w["rel"], "max_abs": w["max_abs"], "tol": w["tol"], "where": w["where"]},
-        "quantities": quantities,
-    }
-
-
-def tolerances_for(precision: str, devices: list[str]) -> Tolerances:
-    """:data:`TOLERANCES` entry for ``precision`` and the device types (``"cpu"``/``"gpu"``)
-    of the backends being compared (GPU when any of them ran on a GPU)."""
-    return TOLERANCES[(precision, "gpu" if "gpu" in devices else "cpu")]
-
-
-def describe_worst(pair: dict) -> str:
-    """One line naming the worst difference of a compared pair, e.g.
-    ``"logits rel 2.0e-04 > tol 1.0e-04 (max abs 3.1e-03)"``; or the error of a failed run."""
-    if pair.get("error"):
-        return pair["error"]
-    w = pair["worst"]
-    op = "<=" if w["rel"] <= w["tol"] else ">"
-    where = f" [{w['where']}]" if w.get("where") else ""
-    return f"{w['quantity']}{where} rel {w['rel']:.1e} {op} tol {w['tol']:.0e} (max abs {w['max_abs']:.1e})"
-
-
-# --------------------------------------------------------------------------- rendering (pure)
-def render_markdown(report: dict) -> str:
-    """``parity.md`` from a report dict as written to ``parity.json`` (no computation)."""
-    s = report["settings"]
-    lines = [
-        "# Backend parity",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Date: {report['date']}. Machine: {report['machine']}.",
-        "",
-        f"Setup: precision `{s['precision']}`, batch {s['batch_size']} (seed {s['seed']}, pixels uniform in "
-        f"[0, 255], {s['num_classes']} classes), head `{s['head']}` (dropout 0), random seeded init saved once "
-        f"and loaded on every backend, {s['steps']} SGD steps (learning rate {s['learning_rate']}, training "
-        f"{'the head only, backbone frozen' if s.get('train', 'head') == 'head' else 'the whole model'}) on the same "
-        "batch, backbone in inference mode (BatchNorm moving statistics, no dropout), jit_compile "
-        f"`{s['jit_compile']}`.",
-        "",
-        "Error measure: `rel = max|a - b| / max(max|a|, max|b|)` per tensor (gradients: worst head variable; "
-        "step losses: worst step). Pass when every quantity's rel is within its tolerance.",
-        "",
-        "| tolerances | logits | loss | head grads | step losses | why |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for key, t in report["tolerances"].items():
-        lines.append(f"| {key} | {t['logits']:.0e} | {t['loss']:.0e} | {t['head_grads']:.0e} | "
-                     f"{t['step_losses']:.0e} | {t['why']} |")
-    lines += ["", "| model | size | max abs logit | backends | verdict | worst difference | logits rel | loss rel | "
-              "head grads rel | step losses rel |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for m in report["models"]:
-        scale = next((f"{b['logits_max_abs']:.2g}" for b in m["backends"].values() if "logits_max_abs" in b), "-")
-        for p in m["pairs"]:
-            q = p.get("quantities") or {}
-            cells = [f"{q[k]['rel']:.1e}" if k in q else "-" for k in QUANTITIES]
-            lines.append(f"| {m['model']} | {m['image_size']} | {scale} | {p['a']} vs {p['b']} | **{p['verdict']}** | "
-                         f"{describe_worst(p)} | " + " | ".join(cells) + " |")
-    failed = [(m["model"], b, r) for m in report["models"] for b, r in m["backends"].items() if r.get("error")]
-    if failed:
-        lines += ["", "Backend runs that failed:", ""]
-        lines += [f"* {model} on {b}: {r['error']}" for model, b, r in failed]
-    vers = report.get("versions") or {}
-    if vers:
-        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items()))]
-    n_pass = sum(p["verdict"] == "pass" for m in report["models"] for p in m["pairs"])
-    n_all = sum(len(m["pairs"]) for m in report["models"])
-    lines += ["", f"Summary: {n_pass} of {n_all} model/backend pairs pass.", ""]
-    return "\n".join(lines)
-
-
-def print_table(report: dict) -> None:
-    """The verdict table in the terminal (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    short = {"tensorflow": "tf", "torch": "torch", "jax": "jax"}
-    table = Table(title=f"Backend parity ({report['settings']['precision']}; rel = max|a-b| / max|a|,|b|)")
-    for col in ("model", "pair", "verdict", "worst (rel / tol)", "logits", "loss", "grads", "steps"):
-        table.add_column(col, no_wrap=col != "worst (rel / tol)")
-    for m in report["models"]:
-        for p in m["pairs"]:
-            q = p.get("quantities") or {}
-            style = "green" if p["verdict"] == "pass" else "bold red"
-            w = p.get("worst")
-            worst = p["error"] if p.get("error") else f"{w['quantity']} {w['rel']:.1e} / {w['tol']:.0e}"
-            table.add_row(m["model"], f"{short.get(p['a'], p['a'])}-{short.get(p['b'], p['b'])}",
-                          f"[{style}]{p['verdict']}[/]", worst,
-                          *[f"{q[k]['rel']:.0e}" if k in q else "-" for k in QUANTITIES])
-    console = Console(stderr=False)
-    console.print(table)
-    for key, t in report["tolerances"].items():
-        console.print(f"tolerance {key}: logits {t['logits']:.0e}, loss {t['loss']:.0e}, head grads "
-                      f"{t['head_grads']:.0e}, step losses {t['step_losses']:.0e} ({t['why']})")
-
-
-# --------------------------------------------------------------------------- worker (one backend)
-def _fingerprint(model) -> str:
-    """SHA-256 over the bytes of every float variable of ``model``, in order."""
-    from keras import ops
-
-    h = hashlib.sha256()
-    for v in model.weights:
-        if "float" in str(v.dtype):
-            arr = np.ascontiguousarray(ops.convert_to_numpy(v.value))
-            h.update(v.path.encode())
-            h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def _worker(job_path: str) -> None:
-    """Subprocess body: one model on the backend given by ``KERAS_BACKEND``.
-
-    Reads the job JSON (model, image size, head, precision, paths...), writes
-    ``<backend>.npz`` (logits, loss, grad/<path>, step_losses) and ``<backend>.json``
-    (meta: versions, device, fingerprint, timings) into the job's folder.
-    """
-    job = json.loads(Path(job_path).read_text())
-    work = Path(job["work"])
-    import keras
-
-    from kbench import backend
-    from kbench.models import build_model
-
-    t0 = time.perf_counter()
-    backend.prepare_environment()
-    backend.seed_everything(job["seed"], deterministic=True)
-    keras.config.set_dtype_policy(job["precision"])
-    tm = build_model(job["model"], "none", job["image_size"], job["head"], 0.0, "auto", job["num_classes"])
-    model = tm.compose(base_training=False)
-    weights = work / "init.weights.h5"
-    if job["save_weights"]:
-        model.save_weights(weights)
-    model.load_weights(weights)
-    fingerprint = _fingerprint(model)
-    t_build = time.perf_counter() - t0
-
-    batch = np.load(work / "batch.npz")
-    x, y = batch["x"], batch["y"]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    t0 = time.perf_counter()
-    logits = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
-    head_vars = [v for layer in tm.head for v in layer.trainable_variables]
-    yt = keras.ops.convert_to_tensor(y)
-    xt = keras.ops.convert_to_tensor(x)
-    loss, grads = backend.value_and_grad(lambda: loss_fn(yt, model(xt, training=False)), head_vars)
-    out = {"logits": logits, "loss": np.asarray(keras.ops.convert_to_numpy(loss), np.float32)}
-    for v, g in zip(head_vars, grads):
-        out[f"grad/{v.path}"] = keras.ops.convert_to_numpy(g).astype(np.float32)
-    t_eval = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    if job.get("train", "head") == "head":
-        tm.base.trainable = False  # feature extraction: only the head's variables change
-    model.compile(optimizer=keras.optimizers.SGD(job["learning_rate"]), loss=loss_fn,
-                  jit_compile=job["jit_compile"])
-    steps = []
-    for _ in range(job["steps"]):
-        model.reset_metrics()  # the loss tracker is a running mean across calls otherwise
-        steps.append(float(model.train_on_batch(x, y, return_dict=True)["loss"]))
-    out["step_losses"] = np.asarray(steps, np.float32)
-    t_train = time.perf_counter() - t0
-
-    name = backend.name()
-    np.savez(work / f"{name}.npz", **out)
-    dev = backend.device()
-    meta = {"backend": name, "versions": backend.versions(), "device": dev["type"], "device_name": dev["name"],
-            "fingerprint": fingerprint, "head_variables": [v.path for v in head_vars],
-            "seconds": {"build_load": round(t_build, 2), "eval_grad": round(t_eval, 2),
-                        "train_steps": round(t_train, 2)}}
-    (work / f"{name}.json").write_text(json.dumps(meta, indent=1))
 
 
 # --------------------------------------------------------------------------- parent

@@ -8,7 +8,7 @@ import os
 import keras
 import pytest
 
-from kbench import bench, perf
+from kbench import bench, bench_measure, bench_report, perf
 
 # VGG16 (Simonyan & Zisserman 2015) at 224x224: ~15.5 G multiply-accumulates (the usual
 # figure, e.g. torchvision's model table: 15.47 "GFLOPS" = GMACs for the full network with
@@ -70,8 +70,8 @@ def test_warmup_is_excluded_from_the_timing():
         clock["t"] += 5.0 if clock["calls"] == 0 else 0.1
         clock["calls"] += 1
 
-    timing = bench.time_steps(step, warmup=2, steps=4, repeats=3, clock=lambda: clock["t"])
-    s = bench.summarize(timing, batch_size=8)
+    timing = bench_measure.time_steps(step, warmup=2, steps=4, repeats=3, clock=lambda: clock["t"])
+    s = bench_measure.summarize(timing, batch_size=8)
     assert clock["calls"] == 2 + 4 * 3
     assert (s["warmup_steps"], s["measured_steps"], s["repeats"]) == (2, 4, 3)
     assert s["compile_s"] == pytest.approx(5.1) and s["first_step_s"] == pytest.approx(5.0)
@@ -79,8 +79,8 @@ def test_warmup_is_excluded_from_the_timing():
 
 
 def test_short_bench_in_process_tiny_model():
-    rows = bench.measure_model("mobilenetv3small", 32, 4, "float32", ("inference",), steps=2, warmup=1, repeats=2,
-                               peak_gflops={"float32": 50.0})
+    rows = bench_measure.measure_model("mobilenetv3small", 32, 4, "float32", ("inference",), steps=2, warmup=1,
+                                       repeats=2, peak_gflops={"float32": 50.0})
     (r,) = rows
     assert r["backend"] == keras.backend.backend() and r["status"] == "ok"
     assert r["images_per_s"] > 0 and r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
@@ -94,7 +94,8 @@ def test_short_bench_in_process_tiny_model():
 
 @pytest.mark.slow
 def test_short_bench_training_mixed_precision():
-    (r,) = bench.measure_model("mobilenetv3small", 32, 4, "mixed_bfloat16", ("train",), steps=2, warmup=1, repeats=1)
+    (r,) = bench_measure.measure_model("mobilenetv3small", 32, 4, "mixed_bfloat16", ("train",), steps=2, warmup=1,
+                                       repeats=1)
     assert r["images_per_s"] > 0 and r["measured_steps"] == 2 and r["mfu"] is None
     assert r["flops_per_image"] == perf.model_flops_per_image("mobilenetv3small", 32, training=True)
     assert keras.config.dtype_policy().name == "float32"
@@ -135,26 +136,26 @@ GOLDEN_ROWS = [
 
 
 def test_report_golden_values(tmp_path, capsys):
-    rel = {(r["backend"], r["mode"], r["precision"]): r["relative_text"] for r in bench.annotate(GOLDEN_ROWS)}
+    rel = {(r["backend"], r["mode"], r["precision"]): r["relative_text"] for r in bench_report.annotate(GOLDEN_ROWS)}
     assert rel[("jax", "inference", "float32")] == "0.09x of tensorflow"
     assert rel[("torch", "inference", "float32")] == "0.59x of tensorflow"
     assert rel[("tensorflow", "inference", "float32")] == "fastest"
     assert rel[("torch", "train", "float32")] == "failed"
-    assert bench.findings(GOLDEN_ROWS) == [
+    assert bench_report.findings(GOLDEN_ROWS) == [
         "vgg16 inference at 32x32 (batch 32, float32): jax 50 images/s vs tensorflow 580 (11.6x slower)",
         "vgg16 train at 32x32 (batch 32): tensorflow mixed_bfloat16 12 images/s vs float32 45 (3.8x slower)",
         "torch failed (1 measurement: vgg16 train 32px b32 float32): RuntimeError: boom",
     ]
     data = {"format": 1, "environment": {"cpu": "Test CPU", "cores": 2, "versions": {"keras": "3"}},
             "backends": {"torch": {"status": "failed", "error": "RuntimeError: boom"}}, "rows": GOLDEN_ROWS}
-    md = bench.render_markdown(data)
+    md = bench_report.render_markdown(data)
     assert "| vgg16 | 32 | 32 | inference | float32 | jax | 50 | 45-55 | 0.09x of tensorflow | 640.0 | 720.0 |" in md
     assert "- vgg16 inference at 32x32 (batch 32, float32): jax 50 images/s vs tensorflow 580 (11.6x slower)" in md
-    csv_lines = bench.render_csv(GOLDEN_ROWS).splitlines()
+    csv_lines = bench_report.render_csv(GOLDEN_ROWS).splitlines()
     assert csv_lines[0].startswith("backend,model,image_size,batch_size,precision,mode,status,images_per_s")
     assert len(csv_lines) == 1 + len(GOLDEN_ROWS)
     # --report-only rebuilds the same report from the stored rows alone
-    paths = bench.build_report(data, str(tmp_path))
+    paths = bench_report.build_report(data, str(tmp_path))
     first = open(paths["md"]).read()
     os.remove(paths["md"])
     assert bench.main(["--report-only", str(tmp_path)]) == 1  # a failed row in it

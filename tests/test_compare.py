@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kbench import compare, report
+from kbench import compare, compare_env, compare_run, report, report_summary, report_tables
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 FLOPS = {"train_per_image": 3e9, "inference_per_image": 1e9, "source": "test", "error": None}
@@ -72,15 +72,15 @@ def _by(summary: dict) -> dict:
 
 # ------------------------------------------------------------------ golden values
 def test_mean_std_golden():
-    s = report.mean_std([0.60, 0.62])
+    s = report_summary.mean_std([0.60, 0.62])
     assert s["n"] == 2 and s["mean"] == pytest.approx(0.61, abs=1e-12)
     assert s["std"] == pytest.approx(0.014142135623730963, rel=1e-9)  # ddof=1
-    assert report.mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}
-    assert report.mean_std([None, float("nan")]) == {"mean": None, "std": None, "n": 0}
+    assert report_summary.mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}
+    assert report_summary.mean_std([None, float("nan")]) == {"mean": None, "std": None, "n": 0}
 
 
 def test_summary_golden(stored):
-    s = report.summarize(stored)
+    s = report_summary.summarize(stored)
     b = _by(s)
     assert b["jax"]["test_accuracy"]["mean"] == pytest.approx(0.61)
     assert b["jax"]["test_accuracy"]["std"] == pytest.approx(0.014142, abs=1e-6)
@@ -120,7 +120,7 @@ def test_summary_golden(stored):
 def test_cached_phase_has_no_training_mfu(stored):
     stored["rows"] = [_row("jax", 0, 0.6, 1.0, cache_cut="block5_pool"), _row("torch", 0, 0.6, 1.0, train_ips=10.0,
                                                                               infer_ips=20.0)]
-    s = report.summarize(stored)
+    s = report_summary.summarize(stored)
     b = _by(s)
     assert b["jax"]["train_gflops_per_s"]["mean"] is None and b["jax"]["train_mfu"]["mean"] is None
     assert b["jax"]["inference_mfu"]["mean"] == pytest.approx(0.2)
@@ -135,18 +135,18 @@ def test_missing_flops_and_peak_show_dash(stored):
             r["flops"] = {"train_per_image": None, "inference_per_image": None, "source": "x",
                           "error": "ModuleNotFoundError: No module named 'kbench.perf'"}
             r["peak"] = {"flops_per_s": None, "source": "x", "error": "no perf"}
-    s = report.summarize(stored)
+    s = report_summary.summarize(stored)
     assert _by(s)["jax"]["inference_mfu"]["mean"] is None
-    md = report.render_markdown(s)
+    md = report_tables.render_markdown(s)
     assert "| jax | - | - | - | - |" in md
     assert any(n.startswith("FLOPs per image unavailable") for n in s["notes"])
 
 
 def test_write_report_files(stored, tmp_path):
     report.write_report(stored, str(tmp_path))
-    for name in report.FILES:
+    for name in report_summary.FILES:
         assert (tmp_path / name).stat().st_size > 0, name
-    for name in report.PLOTS.values():
+    for name in report_summary.PLOTS.values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "compare.json").read_text())
     assert _by(data)["jax"]["test_accuracy"]["std"] == pytest.approx(0.014142, abs=1e-6)
@@ -168,7 +168,7 @@ def test_write_report_files(stored, tmp_path):
     assert "| jax | 300.00 | 30.00% | 200.00 | 20.00% |" in md
     assert "Test CPU" in md and "keras 3.15.1" in md
     assert "Machine peak: 1000.0 GFLOP/s float32" in md and "jax 1000.0, tensorflow 900.0, torch 800.0" in md
-    for name in report.PLOTS.values():
+    for name in report_summary.PLOTS.values():
         assert f"]({name})" in md
 
 
@@ -188,13 +188,13 @@ def test_report_only_rebuilds_identical_json(stored, tmp_path, capsys):
     report.write_report(stored, str(a))
     first = (a / "compare.json").read_bytes()
     shutil.copytree(a, b)
-    for name in report.FILES:
+    for name in report_summary.FILES:
         (b / name).unlink()
     assert compare.main(["--report-only", str(b)]) == 0
     assert (b / "compare.json").read_bytes() == first
     assert compare.main(["--report-only", str(a)]) == 0
     assert (a / "compare.json").read_bytes() == first
-    for name in report.FILES:
+    for name in report_summary.FILES:
         assert (b / name).stat().st_size > 0
     assert "kbench.compare" in capsys.readouterr().out
 
@@ -247,7 +247,7 @@ def test_make_row_reads_failed_status(tmp_path):
     log = tmp_path / "logs" / "jax-seed0.log"
     log.parent.mkdir()
     log.write_text("line 1\nerror: non-finite loss\n")
-    row = compare.make_row("jax", 0, str(tmp_path), str(run), 2, str(log), 5.0)
+    row = compare_run.make_row("jax", 0, str(tmp_path), str(run), 2, str(log), 5.0)
     assert row["status"] == "failed" and row["exit_code"] == 2
     assert row["error"].startswith("exit code 2; non-finite loss nan at epoch 1")
     assert "error: non-finite loss" in row["error"]
@@ -304,10 +304,10 @@ def test_compare_end_to_end_with_a_failing_backend(cifar_dir, tmp_path):
     md = (out / "compare.md").read_text()
     assert "**nosuchbackend seed 0: failed**" in md and "is not a backend kbench runs on" in md
     assert f"| {good} | 1/1 |" in md
-    for name in report.FILES:
+    for name in report_summary.FILES:
         assert (out / name).stat().st_size > 0
     # a second compare into the same folder reuses the completed run
-    again = compare.run_one(str(cfg), good, 0, str(out), ["--trainer.max_epochs", "1"])
+    again = compare_run.run_one(str(cfg), good, 0, str(out), ["--trainer.max_epochs", "1"])
     assert again["reused"] and again["status"] == "completed"
 
 
@@ -319,11 +319,11 @@ def test_annotate_compute_takes_the_best_peak(tmp_path, monkeypatch):
         flops = {k: {"inference_per_image": 1e9, "train_per_image": 3e9} for k in models}
         return {"peaks": {d: {"gflops": peaks[backend], "method": "m"} for d in dtypes}, "flops": flops, "errors": {}}
 
-    monkeypatch.setattr(compare, "run_probe", fake_probe)
+    monkeypatch.setattr(compare_env, "run_probe", fake_probe)
     rows = [_row("jax", 0, 0.6, 1.0), _row("torch", 0, 0.6, 1.0), _failed("torch", 1)]
     for r in rows:
         r["flops"] = r["peak"] = None
-    compare.annotate_compute(rows, str(tmp_path))
+    compare_env.annotate_compute(rows, str(tmp_path))
     assert rows[0]["flops"]["inference_per_image"] == 1e9 and rows[1]["flops"]["train_per_image"] == 3e9
     assert rows[0]["flops"]["model"] == {"backbone": "mobilenetv3small", "image_size": 32, "head": "gap",
                                          "num_classes": 10}
@@ -357,7 +357,7 @@ def test_probe_stores_flops_and_peak(tmp_path, monkeypatch):
     ok = _row(good, 0, 0.5, 1.0)
     ok["flops"] = ok["peak"] = None
     out = tmp_path
-    compare.annotate_compute([ok], str(out), timeout_s=300)
+    compare_env.annotate_compute([ok], str(out), timeout_s=300)
     # FLOPs and peak are stored in the row (None with the reason where kbench.perf cannot give them)
     assert ok["flops"]["model"] == {"backbone": "mobilenetv3small", "image_size": 32, "head": "gap", "num_classes": 10}
     if ok["flops"]["error"] is None:

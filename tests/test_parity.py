@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from kbench import backend, parity
-from kbench.parity import TOLERANCES, compare_arrays, compare_results, describe_worst, render_markdown
+from kbench.parity_compare import (
+    QUANTITIES,
+    TOLERANCES,
+    compare_arrays,
+    compare_results,
+    describe_worst,
+    tolerances_for,
+)
+from kbench.parity_report import render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU32 = TOLERANCES[("float32", "cpu")]
@@ -119,8 +127,8 @@ def test_non_finite_fails_and_mismatched_variables_raise():
 
 def test_tolerances_are_stated_and_ordered():
     assert CPU32.logits == 1e-4  # the requirement
-    assert parity.tolerances_for("float32", ["cpu", "gpu"]).logits > CPU32.logits
-    assert parity.tolerances_for("mixed_bfloat16", ["cpu", "cpu"]).logits > parity.tolerances_for(
+    assert tolerances_for("float32", ["cpu", "gpu"]).logits > CPU32.logits
+    assert tolerances_for("mixed_bfloat16", ["cpu", "cpu"]).logits > tolerances_for(
         "float32", ["gpu", "gpu"]).logits
     assert all(t.why for t in TOLERANCES.values())
 
@@ -222,7 +230,7 @@ def test_parity_across_backends_tiny_model(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     for p in pairs:
         assert p["verdict"] == "pass", describe_worst(p)
-        assert set(p["quantities"]) == set(parity.QUANTITIES)
+        assert set(p["quantities"]) == set(QUANTITIES)
     runs = report["models"][0]["backends"]
     assert len({runs[b]["fingerprint"] for b in backends}) == 1  # the same initial weights everywhere
     assert all(len(runs[b]["step_losses"]) == 2 for b in backends)
