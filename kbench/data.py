@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -47,7 +46,7 @@ from kbench.cifar import (  # noqa: F401  (CIFAR10_CLASSES: re-exported)
     load_cifar_release,
     no_local_cifar,
 )
-from kbench.images import IMAGE_EXTENSIONS, decode_image, describe, list_class_tree, read_image  # noqa: F401
+from kbench.images import IMAGE_EXTENSIONS, decode_all, decode_image, describe, list_class_tree, read_image  # noqa: F401
 from kbench.npz import load_npz
 
 SOURCES = ("cifar10", "cifar100", "folder", "npz")
@@ -75,11 +74,11 @@ def _stack(images: list[np.ndarray]) -> np.ndarray | list:
     return np.stack(images) if len(shapes) == 1 and images else images
 
 
-def _decode_files(files: list[str], labels: list[int]) -> tuple[Split, list[tuple[str, str]], list[tuple[str, str]]]:
-    """Decode ``files`` in threads; returns the usable images, the ``(path, problem)``
-    of the unusable ones and the ``(path, note)`` of usable ones worth mentioning."""
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = list(pool.map(decode_image, files, chunksize=256))
+def _decode_files(files: list[str], labels: list[int], where: str,
+                  progress: bool) -> tuple[Split, list[tuple[str, str]], list[tuple[str, str]]]:
+    """Decode ``files`` of folder ``where`` (:func:`kbench.images.decode_all`); returns the usable
+    images, the ``(path, problem)`` of unusable ones and the ``(path, note)`` of ones worth mentioning."""
+    decoded = decode_all(files, where, progress)
     bad = [(f, d.problem) for f, d in zip(files, decoded) if d.image is None]
     notes = [(f, d.note) for f, d in zip(files, decoded) if d.note]
     keep = [i for i, d in enumerate(decoded) if d.image is not None]
@@ -157,6 +156,8 @@ class DataModule:
         strict: ``folder`` sources: unusable files (empty, truncated, not an image)
             and hidden/system/stray entries are an error listing them, instead of
             being skipped with a warning that lists them (see :func:`report_skipped`).
+        progress: report the decoding of an image folder on stderr (a bar on a terminal,
+            else a start and an end line: :func:`kbench.images.decode_all`); False: silent.
 
     After :meth:`setup`: ``train``, ``val``, ``test`` (:class:`Split`),
     ``class_names`` (list of str), ``num_classes``; for ``folder`` sources also
@@ -170,7 +171,8 @@ class DataModule:
     def __init__(self, source: str = "cifar10", root: str | None = None, val_split: float = 0.1,
                  test_split: float = 0.2, batch_size: int = 64, seed: int = 0,
                  max_train_per_class: int | None = None, max_test_per_class: int | None = None,
-                 interpolation: str = "linear", augment: bool = False, strict: bool = False):
+                 interpolation: str = "linear", augment: bool = False, strict: bool = False,
+                 progress: bool = True):
         if source not in SOURCES:
             raise KbenchError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
         if not 0 <= val_split < 1:
@@ -186,6 +188,7 @@ class DataModule:
             raise KbenchError(f"unknown interpolation {interpolation!r}; choose one of: {', '.join(INTERPOLATIONS)}")
         self.source, self.root, self.val_split, self.test_split = source, root, val_split, test_split
         self.batch_size, self.seed, self.augment, self.strict = batch_size, seed, augment, strict
+        self.progress = progress
         self.max_train_per_class, self.max_test_per_class = max_train_per_class, max_test_per_class
         self.interpolation = interpolation
         self.train = self.val = self.test = None
@@ -272,7 +275,8 @@ class DataModule:
                 keep = _subset_per_class(np.asarray(labels), self.max_test_per_class, self.seed + 1)
             else:
                 keep = np.arange(len(files))
-            out[split], bad, note = _decode_files([files[i] for i in keep], [labels[i] for i in keep])
+            out[split], bad, note = _decode_files([files[i] for i in keep], [labels[i] for i in keep],
+                                                  dirs[split], self.progress)
             skipped += bad
             notes += note
         self.skipped, self.notes = skipped, notes
