@@ -124,7 +124,7 @@ class TrainerConfig:
         deterministic: ask the backend for deterministic kernels.
         default_root_dir: parent of the run folders.
         name: run name (null = <backbone>-<recipe>); run folder is <default_root_dir>/<name>-<timestamp>.
-        enable_progress_bar: rich progress bars.
+        enable_progress_bar: rich progress bars, and progress while an image folder is decoded.
         inference_batches: batches timed end to end for inference images/s (0 = skip).
         enable_checkpointing: write checkpoints/epoch-NNNN after every epoch (needed for --resume).
         monitor: val_accuracy, val_loss, accuracy or loss: picks the best epoch, whose weights are tested and saved.

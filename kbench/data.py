@@ -8,7 +8,7 @@ applied twice or touch a cached array.
 
 Sources (``source``):
 
-* ``cifar10`` / ``cifar100``: a local copy first (``root`` option or the
+* ``cifar10`` / ``cifar100`` (:mod:`kbench.cifar`): a local copy first (``root`` option or the
   ``KBENCH_DATA_DIR`` environment variable: the official ``cifar-10-python.tar.gz``
   / ``cifar-100-python.tar.gz``, their extracted folders, or an image-folder copy
   with ``train/`` and ``test/``), then ``keras.datasets`` (its cache in
@@ -30,10 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-import pickle
-import tarfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -41,16 +38,21 @@ import keras
 import numpy as np
 
 from kbench import KbenchError
-from kbench.images import IMAGE_EXTENSIONS, decode_image, describe, list_class_tree, read_image  # noqa: F401
+from kbench.cifar import (  # noqa: F401  (CIFAR10_CLASSES: re-exported)
+    CIFAR10_CLASSES,
+    CIFAR_RELEASES,
+    DATA_ENV,
+    download_cifar,
+    find_local_cifar,
+    load_cifar_release,
+    no_local_cifar,
+)
+from kbench.images import IMAGE_EXTENSIONS, decode_all, decode_image, describe, list_class_tree, read_image  # noqa: F401
 from kbench.npz import load_npz
 
-DATA_ENV = "KBENCH_DATA_DIR"
 SOURCES = ("cifar10", "cifar100", "folder", "npz")
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR,
                   "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
-_CIFAR = {"cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py"),
-          "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python")}
 
 
 @dataclass
@@ -73,11 +75,11 @@ def _stack(images: list[np.ndarray]) -> np.ndarray | list:
     return np.stack(images) if len(shapes) == 1 and images else images
 
 
-def _decode_files(files: list[str], labels: list[int]) -> tuple[Split, list[tuple[str, str]], list[tuple[str, str]]]:
-    """Decode ``files`` in threads; returns the usable images, the ``(path, problem)``
-    of the unusable ones and the ``(path, note)`` of usable ones worth mentioning."""
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = list(pool.map(decode_image, files, chunksize=256))
+def _decode_files(files: list[str], labels: list[int], where: str,
+                  progress: bool) -> tuple[Split, list[tuple[str, str]], list[tuple[str, str]]]:
+    """Decode ``files`` of folder ``where`` (:func:`kbench.images.decode_all`); returns the usable
+    images, the ``(path, problem)`` of unusable ones and the ``(path, note)`` of ones worth mentioning."""
+    decoded = decode_all(files, where, progress)
     bad = [(f, d.problem) for f, d in zip(files, decoded) if d.image is None]
     notes = [(f, d.note) for f, d in zip(files, decoded) if d.note]
     keep = [i for i, d in enumerate(decoded) if d.image is not None]
@@ -138,44 +140,6 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def _cifar_pickle(path_or_file) -> dict:
-    d = pickle.load(path_or_file, encoding="bytes")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-
-
-def _cifar_from_batches(kind: str, read) -> tuple[Split, Split, list[str]]:
-    """Parse the official python-pickle CIFAR release; ``read(name)`` returns a file object."""
-    def arr(d):
-        return d["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-
-    if kind == "cifar10":
-        parts = [_cifar_pickle(read(f"data_batch_{i}")) for i in range(1, 6)]
-        test = _cifar_pickle(read("test_batch"))
-        names = [n.decode() for n in _cifar_pickle(read("batches.meta"))["label_names"]]
-        xtr = np.concatenate([arr(p) for p in parts])
-        ytr = np.concatenate([np.asarray(p["labels"]) for p in parts])
-        ytest = np.asarray(test["labels"])
-    else:
-        train = _cifar_pickle(read("train"))
-        test = _cifar_pickle(read("test"))
-        names = [n.decode() for n in _cifar_pickle(read("meta"))["fine_label_names"]]
-        xtr, ytr, ytest = arr(train), np.asarray(train["fine_labels"]), np.asarray(test["fine_labels"])
-    return Split(xtr, ytr.astype(np.int32)), Split(arr(test), ytest.astype(np.int32)), names
-
-
-def _find_local_cifar(kind: str, roots: list[str]) -> str | None:
-    tar_name, dir_name = _CIFAR[kind]
-    for r in roots:
-        for cand in (r, os.path.join(r, tar_name), os.path.join(r, dir_name), os.path.join(r, kind)):
-            if os.path.isfile(cand) and cand.endswith(".tar.gz"):
-                return cand
-            if os.path.isdir(cand) and (os.path.isdir(os.path.join(cand, "train"))
-                                        or os.path.isfile(os.path.join(cand, "test_batch"))
-                                        or os.path.isfile(os.path.join(cand, "meta"))):
-                return cand
-    return None
-
-
 class DataModule:
     """Loads a data set, splits it and serves batches (Lightning's DataModule role).
 
@@ -193,6 +157,8 @@ class DataModule:
         strict: ``folder`` sources: unusable files (empty, truncated, not an image)
             and hidden/system/stray entries are an error listing them, instead of
             being skipped with a warning that lists them (see :func:`report_skipped`).
+        progress: report the decoding of an image folder on stderr (a bar on a terminal,
+            else a start and an end line: :func:`kbench.images.decode_all`); False: silent.
 
     After :meth:`setup`: ``train``, ``val``, ``test`` (:class:`Split`),
     ``class_names`` (list of str), ``num_classes``; for ``folder`` sources also
@@ -206,7 +172,8 @@ class DataModule:
     def __init__(self, source: str = "cifar10", root: str | None = None, val_split: float = 0.1,
                  test_split: float = 0.2, batch_size: int = 64, seed: int = 0,
                  max_train_per_class: int | None = None, max_test_per_class: int | None = None,
-                 interpolation: str = "linear", augment: bool = False, strict: bool = False):
+                 interpolation: str = "linear", augment: bool = False, strict: bool = False,
+                 progress: bool = True):
         if source not in SOURCES:
             raise KbenchError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
         if not 0 <= val_split < 1:
@@ -222,6 +189,7 @@ class DataModule:
             raise KbenchError(f"unknown interpolation {interpolation!r}; choose one of: {', '.join(INTERPOLATIONS)}")
         self.source, self.root, self.val_split, self.test_split = source, root, val_split, test_split
         self.batch_size, self.seed, self.augment, self.strict = batch_size, seed, augment, strict
+        self.progress = progress
         self.max_train_per_class, self.max_test_per_class = max_train_per_class, max_test_per_class
         self.interpolation = interpolation
         self.train = self.val = self.test = None
@@ -246,7 +214,7 @@ class DataModule:
         """
         if self.train is not None:
             return self
-        if self.source in _CIFAR:
+        if self.source in CIFAR_RELEASES:
             full, test, names = self._load_cifar()
         elif self.source == "folder":
             full, test, names = self._load_folder()
@@ -272,50 +240,16 @@ class DataModule:
 
     def _load_cifar(self):
         roots = [r for r in (self.root, os.environ.get(DATA_ENV)) if r]
-        local = _find_local_cifar(self.source, [os.path.expanduser(r) for r in roots])
+        local = find_local_cifar(self.source, [os.path.expanduser(r) for r in roots])
         if local and os.path.isdir(os.path.join(local, "train")):
             return self._load_folder(local)
-        if local and local.endswith(".tar.gz"):
-            with tarfile.open(local) as tar:
-                members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-                return _cifar_from_batches(self.source, lambda n: tar.extractfile(members[n]))
         if local:
-            return _cifar_from_batches(self.source, lambda n: open(os.path.join(local, n), "rb"))
-        missing = [r for r in roots if not os.path.exists(os.path.expanduser(r))]
-        if missing:
-            raise KbenchError(f"data root {missing[0]!r} does not exist; pass an existing path to --data.root "
-                              f"(or {DATA_ENV})")
-        if roots:
-            tar_name, dir_name = _CIFAR[self.source]
-            raise KbenchError(
-                f"no {self.source} copy found in {', '.join(roots)}: expected {tar_name}, "
-                f"its extracted folder {dir_name}/, or an image folder with train/ and test/"
-            )
-        return self._download_cifar()
-
-    def _download_cifar(self):
-        tar_name, dir_name = _CIFAR[self.source]
-        try:
-            ds = keras.datasets.cifar10 if self.source == "cifar10" else keras.datasets.cifar100
-            (xtr, ytr), (xte, yte) = ds.load_data()
-        except Exception as e:  # no network: URLError, HTTPError, OSError, ...
-            raise KbenchError(
-                f"could not download {self.source} through keras.datasets ({type(e).__name__}: {str(e)[:200]}). "
-                f"Offline, point kbench at a local copy with --data.root PATH or the {DATA_ENV} "
-                f"environment variable; accepted: the official {tar_name}, its extracted "
-                f"{dir_name}/ folder, or an image folder PATH/{{train,test}}/<class>/*.jpg"
-            ) from None
-        names = CIFAR10_CLASSES if self.source == "cifar10" else self._cifar100_names()
-        return (Split(xtr, ytr.reshape(-1).astype(np.int32)), Split(xte, yte.reshape(-1).astype(np.int32)), names)
-
-    @staticmethod
-    def _cifar100_names() -> list[str]:
-        meta = os.path.join(os.path.expanduser("~/.keras/datasets"), "cifar-100-python", "meta")
-        try:
-            with open(meta, "rb") as f:
-                return [n.decode() for n in _cifar_pickle(f)["fine_label_names"]]
-        except OSError:
-            return [str(i) for i in range(100)]
+            (xtr, ytr), (xte, yte), names = load_cifar_release(self.source, local)
+        elif roots:
+            raise no_local_cifar(self.source, roots)
+        else:
+            (xtr, ytr), (xte, yte), names = download_cifar(self.source)
+        return Split(xtr, ytr), Split(xte, yte), names
 
     def _load_folder(self, root: str | None = None):
         root = os.path.expanduser(root or self.root or "")
@@ -342,7 +276,8 @@ class DataModule:
                 keep = _subset_per_class(np.asarray(labels), self.max_test_per_class, self.seed + 1)
             else:
                 keep = np.arange(len(files))
-            out[split], bad, note = _decode_files([files[i] for i in keep], [labels[i] for i in keep])
+            out[split], bad, note = _decode_files([files[i] for i in keep], [labels[i] for i in keep],
+                                                  dirs[split], self.progress)
             skipped += bad
             notes += note
         self.skipped, self.notes = skipped, notes

@@ -52,7 +52,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
                       monitor=t.monitor, save_top_k=t.save_top_k, early_stopping_patience=t.early_stopping_patience,
                       checkpoint_every_n_steps=t.checkpoint_every_n_steps, callbacks=callbacks, console=console)
     dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
-                    d.max_test_per_class, d.interpolation, d.augment, d.strict)
+                    d.max_test_per_class, d.interpolation, d.augment, d.strict, progress=t.enable_progress_bar)
     size = m.image_size or spec.default_size
     # cheap checks first: before any data is read or weights downloaded
     check_input_size(spec, size)

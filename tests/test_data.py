@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import keras
 import numpy as np
@@ -130,3 +132,52 @@ def test_bad_options_named():
         DataModule("mnist")
     with pytest.raises(KbenchError, match="val_split"):
         DataModule("cifar10", val_split=1.5)
+
+
+def _tiny_folder(root, counts: dict[str, tuple[int, int]]) -> None:
+    """``root/<split>/{a,b}/<i>.png``: ``counts[split]`` images in classes a and b."""
+    for split, per_class in counts.items():
+        for c, n in zip("ab", per_class):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(root / split / c / f"{i}.png"), np.full((4, 4, 3), i, np.uint8))
+
+
+def test_folder_decoding_progress_lines_off_a_terminal(tmp_path, capsys, monkeypatch):
+    """stderr not a terminal: one line per split at the start (image count) and one at the
+    end (time taken), nothing per file; progress=False prints nothing at all."""
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE"):  # these make rich treat any stream as a terminal
+        monkeypatch.delenv(var, raising=False)
+    _tiny_folder(tmp_path, {"train": (3, 2), "test": (2, 2)})
+    train, test = str(tmp_path / "train"), str(tmp_path / "test")
+    DataModule("folder", str(tmp_path), val_split=0.0).setup()
+    out = capsys.readouterr()
+    err = out.err.splitlines()
+    assert out.out == "" and len(err) == 4, out
+    assert err[0] == f"decoding 5 images from {train} ..."
+    assert re.fullmatch(rf"decoded 5 images from {re.escape(train)} in \d+\.\d s", err[1])
+    assert err[2] == f"decoding 4 images from {test} ..."
+    assert re.fullmatch(rf"decoded 4 images from {re.escape(test)} in \d+\.\d s", err[3])
+
+    DataModule("folder", str(tmp_path), val_split=0.0, max_train_per_class=1).setup()
+    assert capsys.readouterr().err.splitlines()[0] == f"decoding 2 images from {train} ..."  # the subset only
+
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="broken.png"):
+        DataModule("folder", str(tmp_path), val_split=0.0).setup()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"decoding 6 images from {train} ..."
+    assert re.fullmatch(rf"decoded 6 images from {re.escape(train)} in \d+\.\d s \(1 not usable\)", err[1])
+
+    with pytest.warns(UserWarning, match="broken.png"):
+        DataModule("folder", str(tmp_path), val_split=0.0, progress=False).setup()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_folder_decoding_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """stderr a terminal: a transient rich bar named after the split, not the plain lines."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    _tiny_folder(tmp_path, {"train": (3, 2), "test": (2, 2)})
+    DataModule("folder", str(tmp_path), val_split=0.0).setup()
+    err = capsys.readouterr().err
+    assert "decoding train" in err and "decoding test" in err and "images from" not in err

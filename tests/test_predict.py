@@ -25,8 +25,9 @@ import pytest
 
 from kbench import KbenchError
 from kbench.data import CIFAR10_CLASSES, read_image, resize_batch
-from kbench.models import ClassNames, Preprocess, build_model, load_saved_model
+from kbench.models import ClassNames, Preprocess, build_model
 from kbench.recipes import Phase, apply_phase
+from kbench.saved import load_saved_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -110,6 +111,17 @@ def test_class_names_layer_is_identity_without_variables():
     # The cached path (split) is untouched: same variables as the end-to-end model.
     prefix, suffix = tm.split(tm.base.layers[-1].name)
     assert {id(v) for v in suffix.weights} <= {id(v) for v in tm.keras_model.weights}
+
+
+def test_load_saved_model_still_reachable_from_models():
+    """kbench.models.load_saved_model (its home before kbench.saved) is the same function."""
+    import kbench.models
+    import kbench.saved
+
+    for name in ("load_saved_model", "LoadedModel", "REFUSED_MODEL_SUFFIXES"):
+        assert getattr(kbench.models, name) is getattr(kbench.saved, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        kbench.models.no_such_name  # noqa: B018
 
 
 def test_model_saved_before_class_names_layer(tmp_path):

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from kbench import KbenchError, checkpoint
-from kbench.models import load_saved_model
 from kbench.run import main
+from kbench.saved import load_saved_model
 
 HERE = Path(__file__).resolve().parent
 # fine_tune, 2 + 3 epochs of 3 batches on a tiny model: phase 2 = epochs 3..5
