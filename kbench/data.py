@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -47,7 +46,15 @@ from kbench.cifar import (  # noqa: F401  (CIFAR10_CLASSES: re-exported)
     load_cifar_release,
     no_local_cifar,
 )
-from kbench.images import IMAGE_EXTENSIONS, decode_all, decode_image, describe, list_class_tree, read_image  # noqa: F401
+from kbench.images import (  # noqa: F401  (IMAGE_EXTENSIONS, decode_image, read_image: re-exported)
+    IMAGE_EXTENSIONS,
+    check_class_folders,
+    decode_all,
+    decode_image,
+    list_class_tree,
+    read_image,
+    report_skipped,
+)
 from kbench.npz import load_npz
 
 SOURCES = ("cifar10", "cifar100", "folder", "npz")
@@ -85,29 +92,6 @@ def _decode_files(files: list[str], labels: list[int], where: str,
     keep = [i for i, d in enumerate(decoded) if d.image is not None]
     split = Split(_stack([decoded[i].image for i in keep]), np.asarray([labels[i] for i in keep], np.int32))
     return split, bad, notes
-
-
-def report_skipped(root: str, skipped: list[tuple[str, str]], notes: list[tuple[str, str]], strict: bool) -> None:
-    """Warn about (or, with ``strict``, refuse) the entries of an image folder that were not used.
-
-    ``skipped``: ``(path, reason)`` of unusable files and hidden/system/stray entries;
-    ``notes``: ``(path, note)`` of usable files worth mentioning (wrong extension);
-    these never fail, not even with ``strict``.
-
-    Raises:
-        KbenchError: ``strict`` and ``skipped`` is not empty (the first 50 paths are listed).
-    """
-    msg = ""
-    if skipped:
-        msg = f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} under {root} not used as images:\n"
-        msg += describe(skipped)
-        if strict:
-            raise KbenchError(msg + "\nremove or fix them, or drop --data.strict to skip them with a warning")
-        msg += "\nskipped (--data.strict true makes this an error)"
-    if notes:
-        msg += ("\n" if msg else "") + f"{len(notes)} file(s) under {root} decoded by content:\n" + describe(notes)
-    if msg:
-        warnings.warn("kbench: " + msg, UserWarning, stacklevel=3)
 
 
 def _subset_per_class(y: np.ndarray, k: int | None, seed: int) -> np.ndarray:
@@ -156,7 +140,7 @@ class DataModule:
             frozen-prefix cache, whose features must be deterministic).
         strict: ``folder`` sources: unusable files (empty, truncated, not an image)
             and hidden/system/stray entries are an error listing them, instead of
-            being skipped with a warning that lists them (see :func:`report_skipped`).
+            being skipped with a warning that lists them (see :func:`kbench.images.report_skipped`).
         progress: report the decoding of an image folder on stderr (a bar on a terminal,
             else a start and an end line: :func:`kbench.images.decode_all`); False: silent.
 
@@ -265,7 +249,7 @@ class DataModule:
                 trees[split], bad = list_class_tree(d)
                 skipped += bad
         names = sorted(next(iter(trees.values())))
-        self._check_class_folders(root, dirs, trees, names)
+        check_class_folders(root, dirs, trees, names)
         out, notes = {}, []
         for split, tree in trees.items():
             files = [f for c in names for f in tree.get(c, [])]
@@ -291,27 +275,6 @@ class DataModule:
             tr, te = stratified_split(out["all"].y, self.test_split, self.seed + 2)
             out["train"], out["test"] = self._take(out["all"], tr), self._take(out["all"], te)
         return out["train"], out["test"], names
-
-    @staticmethod
-    def _check_class_folders(root, dirs, trees, names) -> None:
-        first = next(iter(dirs.values()))
-        if "train" in dirs and "test" not in trees:
-            raise KbenchError(f"{root}: no test folder (expected {dirs['test']}/<class>/*); add one, or put the "
-                              "class folders directly under the root to split them with --data.test_split")
-        if len(names) < 2:
-            loose = [f for f in os.listdir(first) if os.path.isfile(os.path.join(first, f))]
-            hint = (f"; the {len(loose)} file(s) directly in it must go into one folder per class" if loose
-                    and not names else "")
-            raise KbenchError(f"{first}: found {len(names)} class folder(s) {names}{hint}; a classifier needs at "
-                              f"least 2: put each class's images in its own folder {first}/<class>/")
-        if "test" in trees and sorted(trees["test"]) != names:
-            only_train = sorted(set(names) - set(trees["test"]))
-            only_test = sorted(set(trees["test"]) - set(names))
-            raise KbenchError(f"train and test class folders differ under {root}: only in {dirs['train']}: "
-                              f"{only_train}, only in {dirs['test']}: {only_test}; give both the same class folders")
-        empty = [os.path.join(dirs[s], c) for s, t in trees.items() for c, files in t.items() if not files]
-        if empty:
-            raise KbenchError(f"empty class folder(s): {', '.join(empty)}; add images or remove the folder(s)")
 
     def _load_npz(self):
         (xtr, ytr), (xte, yte), names = load_npz(os.path.expanduser(self.root or ""))

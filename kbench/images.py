@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -227,3 +228,59 @@ def describe(items: list[tuple[str, str]], limit: int = 50) -> str:
     if len(items) > limit:
         lines.append(f"  ... and {len(items) - limit} more")
     return "\n".join(lines)
+
+
+def report_skipped(root: str, skipped: list[tuple[str, str]], notes: list[tuple[str, str]], strict: bool) -> None:
+    """Warn about (or, with ``strict``, refuse) the entries of an image folder that were not used.
+
+    ``skipped``: ``(path, reason)`` of unusable files and hidden/system/stray entries;
+    ``notes``: ``(path, note)`` of usable files worth mentioning (wrong extension);
+    these never fail, not even with ``strict``.
+
+    Raises:
+        KbenchError: ``strict`` and ``skipped`` is not empty (the first 50 paths are listed).
+    """
+    msg = ""
+    if skipped:
+        msg = f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} under {root} not used as images:\n"
+        msg += describe(skipped)
+        if strict:
+            raise KbenchError(msg + "\nremove or fix them, or drop --data.strict to skip them with a warning")
+        msg += "\nskipped (--data.strict true makes this an error)"
+    if notes:
+        msg += ("\n" if msg else "") + f"{len(notes)} file(s) under {root} decoded by content:\n" + describe(notes)
+    if msg:
+        warnings.warn("kbench: " + msg, UserWarning, stacklevel=3)
+
+
+def check_class_folders(root: str, dirs: dict[str, str], trees: dict[str, dict[str, list[str]]],
+                        names: list[str]) -> None:
+    """Check a folder dataset's class folders before any image is decoded.
+
+    Args:
+        root: the data root; ``dirs``: split name -> folder (``train``/``test``, or
+            one entry for an unsplit root); ``trees``: split -> :func:`list_class_tree`
+            result; ``names``: the training class names (sorted).
+
+    Raises:
+        KbenchError: no test folder beside train, fewer than 2 classes, train and
+            test class sets differ, or an empty class folder (each names the folder).
+    """
+    first = next(iter(dirs.values()))
+    if "train" in dirs and "test" not in trees:
+        raise KbenchError(f"{root}: no test folder (expected {dirs['test']}/<class>/*); add one, or put the "
+                          "class folders directly under the root to split them with --data.test_split")
+    if len(names) < 2:
+        loose = [f for f in os.listdir(first) if os.path.isfile(os.path.join(first, f))]
+        hint = (f"; the {len(loose)} file(s) directly in it must go into one folder per class" if loose
+                and not names else "")
+        raise KbenchError(f"{first}: found {len(names)} class folder(s) {names}{hint}; a classifier needs at "
+                          f"least 2: put each class's images in its own folder {first}/<class>/")
+    if "test" in trees and sorted(trees["test"]) != names:
+        only_train = sorted(set(names) - set(trees["test"]))
+        only_test = sorted(set(trees["test"]) - set(names))
+        raise KbenchError(f"train and test class folders differ under {root}: only in {dirs['train']}: "
+                          f"{only_train}, only in {dirs['test']}: {only_test}; give both the same class folders")
+    empty = [os.path.join(dirs[s], c) for s, t in trees.items() for c, files in t.items() if not files]
+    if empty:
+        raise KbenchError(f"empty class folder(s): {', '.join(empty)}; add images or remove the folder(s)")

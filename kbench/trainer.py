@@ -5,11 +5,9 @@ trainable, prints parameter counts, recompiles, trains with ``Model.fit`` (epoch
 numbered continuously across phases), then checks that every frozen variable is
 bit-identical to its value before the phase.
 
-Frozen-prefix cache: when the bottom of the network is frozen and in inference
-mode and there is no random augmentation, the frozen prefix's output is computed
-once per split and the phase trains ``suffix = base[cut:] + head`` on it
-(:class:`FeatureCache`). The suffix shares its variables with the end-to-end
-model, so the result is the same model as the uncached path.
+Frozen-prefix cache (:mod:`kbench.cache`): a phase whose frozen bottom is in
+inference mode, without augmentation, trains ``suffix = base[cut:] + head`` on
+precomputed features; the suffix shares the end-to-end model's variables.
 
 Keras cannot do the per-phase bookkeeping itself (freezing, recompiling,
 feature caching), so that loop lives here; each phase's epochs are plain
@@ -39,6 +37,7 @@ from kbench.callbacks import (
     TrainingInterrupted,
 )
 from kbench.data import BatchSequence, DataModule
+from kbench.evaluate import EvaluateMixin
 from kbench.models import TransferModel
 from kbench.recipes import (
     Phase,
@@ -55,7 +54,7 @@ from kbench.results import make_run_dir, summary_table, write_results
 from kbench.resume import RunStateMixin
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-class Trainer(RunStateMixin):
+class Trainer(RunStateMixin, EvaluateMixin):
     """Runs recipes on a :class:`~kbench.models.TransferModel` and a :class:`~kbench.data.DataModule`.
 
     Args:
@@ -346,52 +345,6 @@ class Trainer(RunStateMixin):
             "optimizer_iterations": int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
             "early_stopped": saver.stopped_epoch is not None, "resumed_after_epochs": done_before or None,
         }
-
-    def _test_after_fit(self, model: TransferModel, datamodule: DataModule, cache: FeatureCache,
-                        cut: str | None) -> dict:
-        if cut:
-            x = cache.get("test", cut)
-            seq = BatchSequence(x, cache.labels("test"), datamodule.batch_size, None)
-            return {**self._evaluate_seq(model, model.split(cut)[1], seq, "test"), "via_cache": cut}
-        return {**self.test(model, datamodule), "via_cache": None}
-
-    def _evaluate_seq(self, model: TransferModel, net: keras.Model, seq: BatchSequence, label: str) -> dict:
-        self._compile(net, model, Recipe("eval", []), 1e-3)
-        out = net.evaluate(seq, verbose=0, return_dict=True, callbacks=self._progress(label))
-        return {"loss": float(out["loss"]), "accuracy": float(out["accuracy"]), "images": sum(seq.batch_sizes())}
-
-    def measure_inference(self, model: TransferModel, datamodule: DataModule) -> dict:
-        """End-to-end inference images/s on real test images (2 warm-up batches excluded)."""
-        n = 0 if self.fast_dev_run else self.inference_batches
-        if n <= 0:
-            return {"images_per_s": None, "batches": 0}
-        seq = datamodule.loader("test", model.image_size, limit_batches=n + 2)
-        net = model.compose(base_training=None)
-        meter = ThroughputMeter(seq.batch_sizes(), warmup=2)
-        net.predict(seq, verbose=0, callbacks=[meter, *self._progress("inference benchmark")])
-        return {"images_per_s": meter.images_per_s, "batches": len(meter.step_times),
-                "batch_size": datamodule.batch_size, "first_steps_s": meter.first_steps_s}
-
-    def validate(self, model: TransferModel, datamodule: DataModule) -> dict:
-        """Loss and top-1 accuracy of the end-to-end model on the validation split."""
-        return self._evaluate(model, datamodule, "val")
-
-    def test(self, model: TransferModel, datamodule: DataModule) -> dict:
-        """Loss and top-1 accuracy of the end-to-end model on the test split."""
-        return self._evaluate(model, datamodule, "test")
-
-    def _evaluate(self, model: TransferModel, datamodule: DataModule, split: str) -> dict:
-        datamodule.setup()
-        seq = datamodule.loader(split, model.image_size, limit_batches=self._limit(split))
-        return self._evaluate_seq(model, model.compose(base_training=None), seq, split)
-
-    def predict(self, model: TransferModel, datamodule: DataModule, split: str = "test") -> np.ndarray:
-        """Class probabilities ``float32 (N, num_classes)`` for ``split``."""
-        datamodule.setup()
-        seq = datamodule.loader(split, model.image_size, limit_batches=self._limit(split))
-        out = model.compose(base_training=None).predict(seq, verbose=0, callbacks=self._progress("predict"))
-        out = np.asarray(out, np.float32)
-        return np.asarray(keras.ops.softmax(out, axis=-1)) if model.from_logits else out
 
 
 __all__ = ["Trainer", "Recipe", "make_optimizer", "PRECISIONS"]
