@@ -1,0 +1,37 @@
+"""scripts/export_backbone.py: a kbench model's backbone becomes a --model.weights file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kbench.models import build_backbone, build_model, get_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import export_backbone  # noqa: E402
+
+
+def test_exported_backbone_loads_into_the_same_architecture(tmp_path, capsys):
+    tm = build_model("mobilenetv3small", "none", 32, "gap", 0.0, "auto", 3, ["a", "b", "c"])
+    tm.compose(base_training=None).save(tmp_path / "model.keras")
+    out = tmp_path / "mnv3.weights.h5"
+    assert export_backbone.main([str(tmp_path), str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    # a different input size: the weights do not depend on it
+    base = build_backbone(get_spec("mobilenetv3small"), 48, str(out))
+    want = [keras.ops.convert_to_numpy(w.value) for w in tm.base.weights]
+    got = [keras.ops.convert_to_numpy(w.value) for w in base.weights]
+    assert len(got) == len(want) > 0
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    assert export_backbone.main([str(tmp_path)]) == 2
+    assert export_backbone.main([str(tmp_path), str(tmp_path / "out.h5")]) == 2
+    assert "ending in .weights.h5" in capsys.readouterr().err
+    code = export_backbone.main([str(tmp_path / "missing"), str(tmp_path / "x.weights.h5")])
+    assert code == 2 and "missing" in capsys.readouterr().err
