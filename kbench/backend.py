@@ -14,6 +14,8 @@ import sys
 
 import keras
 
+from kbench import cpu_name  # noqa: F401  (re-exported: backend.cpu_name)
+
 
 def name() -> str:
     """The active Keras backend: ``"jax"``, ``"tensorflow"`` or ``"torch"``."""
@@ -66,18 +68,6 @@ def gpu_devices() -> list[str]:
         if torch.cuda.is_available():
             return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return []
-
-
-def cpu_name() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (falls back to ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:

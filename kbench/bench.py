@@ -57,7 +57,7 @@ import threading
 import time
 from importlib import metadata
 
-from kbench import KbenchError, __version__
+from kbench import KbenchError, __version__, cpu_name
 from kbench.bench_measure import BACKENDS, MODES, PRECISIONS, ROW_KEYS, _combos, _failed_row, run_worker
 from kbench.bench_report import build_report, findings, load_bench, render_table
 
@@ -175,19 +175,6 @@ def _dist_version(*names: str) -> str | None:
     return None
 
 
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict:
     """The parent's environment fingerprint, without importing any backend: CPU model and cores,
     load average, platform and installed versions of python, keras, jax, jaxlib, tensorflow,
@@ -200,7 +187,7 @@ def environment() -> dict:
     except OSError:
         load = None
     return {
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "load_average_at_start": load,
+        "cpu": cpu_name(), "cores": os.cpu_count(), "load_average_at_start": load,
         "platform": platform.platform(), "kbench": __version__,
         "versions": {"python": platform.python_version(), "keras": _dist_version("keras"),
                      "jax": _dist_version("jax"), "jaxlib": _dist_version("jaxlib"),

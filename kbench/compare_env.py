@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from kbench import cpu_name
 from kbench.compare_run import _error_line, log_tail
 
 # Distributions whose versions go into the environment fingerprint (first installed name wins).
@@ -38,17 +39,6 @@ PACKAGES = {
 
 
 # ------------------------------------------------------------------ environment
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gib() -> float | None:
     try:
         with open("/proc/meminfo") as f:
@@ -88,7 +78,7 @@ def package_versions() -> dict[str, str | None]:
 def environment() -> dict:
     """The machine fingerprint of this process: CPU model, logical cores, memory
     (GiB), GPUs (``nvidia-smi``), OS, python and :func:`package_versions`."""
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gib": _memory_gib(), "gpus": _gpus(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": _memory_gib(), "gpus": _gpus(),
             "os": platform.platform(), "python": platform.python_version(), "packages": package_versions()}
 
 
