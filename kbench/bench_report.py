@@ -77,6 +77,8 @@ def findings(rows: list[dict], factor: float = GAP_FACTOR) -> list[str]:
       model / size / batch / mode / precision, e.g. ``"vgg16 inference at 32x32 (batch 32,
       float32): jax 50 images/s vs tensorflow 580 (11.6x slower)"``;
     * every mixed precision more than ``factor`` x slower than float32 on the same backend;
+    * every MFU above 100 % (the backend's matmul probe underestimates the peak that its
+      convolution kernels reach), one line per backend and precision;
     * every failed measurement (grouped by backend and error).
     """
     rows = annotate(rows)
@@ -94,6 +96,16 @@ def findings(rows: list[dict], factor: float = GAP_FACTOR) -> list[str]:
         if p != "float32" and ref and ref["images_per_s"] / r["images_per_s"] > factor:
             out.append(f"{_where(r, precision=False)}: {b} {p} {_fmt_ips(r['images_per_s'])} images/s vs float32 "
                        f"{_fmt_ips(ref['images_per_s'])} ({ref['images_per_s'] / r['images_per_s']:.1f}x slower)")
+    over: dict[tuple, list[dict]] = {}
+    for r in ok.values():
+        if (r.get("mfu") or 0) > 1.0:
+            over.setdefault((r["backend"], r["precision"]), []).append(r)
+    for (b, p), rs in sorted(over.items()):
+        top = max(rs, key=lambda r: r["mfu"])
+        out.append(f"{b} {p}: MFU above 100 % in {len(rs)} measurement{'s' if len(rs) != 1 else ''} (up to "
+                   f"{100 * top['mfu']:.0f}%, {top['model']} {top['mode']}): its matmul peak probe "
+                   f"({_fmt_ips(top.get('peak_gflops'))} GFLOP/s) underestimates what its convolutions reach; "
+                   "read MFU across backends with that in mind")
     failures: dict[tuple, list[str]] = {}
     for r in rows:
         if r.get("status") != "ok":

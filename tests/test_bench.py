@@ -129,7 +129,7 @@ def _row(backend, ips, model="vgg16", mode="inference", size=32, precision="floa
 GOLDEN_ROWS = [
     _row("jax", 50.0), _row("tensorflow", 580.0), _row("torch", 340.0),
     _row("jax", 40.0, mode="train"), _row("tensorflow", 45.0, mode="train"),
-    _row("tensorflow", 12.0, mode="train", precision="mixed_bfloat16"),
+    _row("tensorflow", 12.0, mode="train", precision="mixed_bfloat16", mfu=1.09, peak_gflops=208.0),
     {"backend": "torch", "model": "vgg16", "image_size": 32, "batch_size": 32, "precision": "float32",
      "mode": "train", "status": "failed", "error": "RuntimeError: boom", "images_per_s": None},
 ]
@@ -144,6 +144,8 @@ def test_report_golden_values(tmp_path, capsys):
     assert bench_report.findings(GOLDEN_ROWS) == [
         "vgg16 inference at 32x32 (batch 32, float32): jax 50 images/s vs tensorflow 580 (11.6x slower)",
         "vgg16 train at 32x32 (batch 32): tensorflow mixed_bfloat16 12 images/s vs float32 45 (3.8x slower)",
+        "tensorflow mixed_bfloat16: MFU above 100 % in 1 measurement (up to 109%, vgg16 train): its matmul peak "
+        "probe (208 GFLOP/s) underestimates what its convolutions reach; read MFU across backends with that in mind",
         "torch failed (1 measurement: vgg16 train 32px b32 float32): RuntimeError: boom",
     ]
     data = {"format": 1, "environment": {"cpu": "Test CPU", "cores": 2, "versions": {"keras": "3"}},
