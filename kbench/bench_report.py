@@ -103,7 +103,7 @@ def findings(rows: list[dict], factor: float = GAP_FACTOR) -> list[str]:
     for (b, p), rs in sorted(over.items()):
         top = max(rs, key=lambda r: r["mfu"])
         out.append(f"{b} {p}: MFU above 100 % in {len(rs)} measurement{'s' if len(rs) != 1 else ''} (up to "
-                   f"{100 * top['mfu']:.0f}%, {top['model']} {top['mode']}): its matmul peak probe "
+                   f"{100 * top['mfu']:.1f}%, {top['model']} {top['mode']}): its matmul peak probe "
                    f"({_fmt_ips(top.get('peak_gflops'))} GFLOP/s) underestimates what its convolutions reach; "
                    "read MFU across backends with that in mind")
     failures: dict[tuple, list[str]] = {}

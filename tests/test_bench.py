@@ -144,7 +144,7 @@ def test_report_golden_values(tmp_path, capsys):
     assert bench_report.findings(GOLDEN_ROWS) == [
         "vgg16 inference at 32x32 (batch 32, float32): jax 50 images/s vs tensorflow 580 (11.6x slower)",
         "vgg16 train at 32x32 (batch 32): tensorflow mixed_bfloat16 12 images/s vs float32 45 (3.8x slower)",
-        "tensorflow mixed_bfloat16: MFU above 100 % in 1 measurement (up to 109%, vgg16 train): its matmul peak "
+        "tensorflow mixed_bfloat16: MFU above 100 % in 1 measurement (up to 109.0%, vgg16 train): its matmul peak "
         "probe (208 GFLOP/s) underestimates what its convolutions reach; read MFU across backends with that in mind",
         "torch failed (1 measurement: vgg16 train 32px b32 float32): RuntimeError: boom",
     ]
