@@ -98,12 +98,17 @@ class RunStateMixin:
                      "class_names": model.class_names, "preprocess": model.preprocess.mode}
             opt = net.optimizer if net is not None and net.optimizer.built else None
             path = checkpoint.save(self.run_dir, "interrupted-snapshot", model.keras_model, opt, state)
+        try:  # the checkpoint --resume will continue from (last.json), if any
+            resumable = checkpoint.find(self.run_dir)
+        except KbenchError:
+            resumable = None
+        resume = (f"python -m kbench.run --resume {self.run_dir}" if resumable else
+                  f"python -m kbench.run --config {os.path.join(self.run_dir, 'config.yaml')} "
+                  "(no epoch had finished: start again)")
         write_status(self.run_dir, "interrupted", signal=name, epoch=self._pos["epoch"], step=self._pos["step"],
-                     history=self.history, interrupted_checkpoint=path,
-                     resume=(f"python -m kbench.run --resume {self.run_dir}"
-                             if self.tracker.values or e.where == "train_batch" and path else
-                             f"python -m kbench.run --config {os.path.join(self.run_dir, 'config.yaml')} "
-                             "(no epoch had finished: start again)"))
+                     batches_done=self._pos.get("batches_done", 0), history=self.history,
+                     interrupted_checkpoint=path, resume_from=resumable, resume=resume)
+        self._log(f"resume with: {resume}")
 
     def _on_non_finite(self, e: NonFiniteLoss) -> None:
         """Mark the run failed in ``results.json`` and raise a clear error; the last

@@ -300,12 +300,12 @@ class Trainer(RunStateMixin, EvaluateMixin):
         start_epoch = epoch - done_before
 
         def make_state(epoch1: int, logs: dict, stopped: bool) -> dict:
-            self._pos.update(epoch=epoch1, step=meter.global_step)
+            self._pos.update(epoch=epoch1, step=meter.global_step, batches_done=0)
             return self._state(i, phase, epoch1 - start_epoch, n_epochs, stopped or epoch1 - start_epoch >= n_epochs,
                                model, net, logger.rows, phase_info)
 
         def make_position_state(epoch0: int, batches_done: int, kind: str) -> dict:
-            self._pos.update(epoch=epoch0, step=meter.global_step)
+            self._pos.update(epoch=epoch0, step=meter.global_step, batches_done=batches_done)
             return {**self._state(i, phase, epoch0 - start_epoch, n_epochs, False, model, net, logger.rows,
                                   phase_info), "kind": kind, "batches_done": batches_done}
 

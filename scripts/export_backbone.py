@@ -108,19 +108,28 @@ def main(argv: list[str]) -> int:
     if "--recalibrate-bn" in argv:
         k = argv.index("--recalibrate-bn")
         rest = argv[k + 1:]
-        if not rest or not os.path.isdir(rest[0]) or (len(rest) > 1 and not rest[1].isdigit()):
-            print("error: --recalibrate-bn needs an image folder (<class>/<file>) and optionally a count",
-                  file=sys.stderr)
+        problem = ("needs an image folder" if not rest else
+                   f"folder {rest[0]!r} does not exist" if not os.path.isdir(rest[0]) else
+                   f"count {rest[1]!r} is not a positive integer" if len(rest) > 1 and not rest[1].isdigit()
+                   else None)
+        if problem:
+            print(f"error: --recalibrate-bn {problem}; give an image folder (<class>/<file>) and optionally "
+                  "a number of images, e.g. --recalibrate-bn data/train 1024", file=sys.stderr)
             return 2
         calib = (rest[0], int(rest[1]) if len(rest) > 1 else 1024)
         argv = argv[:k]
     if len(argv) != 2 or not argv[1].endswith(".weights.h5"):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
-        print("error: give a run folder (or its model.keras) and an output path ending in .weights.h5",
+        got = f" (got output path {argv[1]!r})" if len(argv) == 2 else ""
+        print("error: give a run folder (or its model.keras) and an output path ending in .weights.h5" + got,
               file=sys.stderr)
         return 2
     src, out = argv
     path = os.path.join(src, "model.keras") if os.path.isdir(src) else src
+    if os.path.isdir(src) and not os.path.isfile(path) and os.path.isdir(os.path.join(src, "checkpoints")):
+        print(f"error: run {src!r} has no model.keras: it has not finished; finish it with "
+              f"python -m kbench.run --resume {src}", file=sys.stderr)
+        return 2
     from kbench.saved import load_saved_model
 
     try:

@@ -32,7 +32,12 @@ def test_exported_backbone_loads_into_the_same_architecture(tmp_path, capsys):
 def test_bad_arguments_exit_2(tmp_path, capsys):
     assert export_backbone.main([str(tmp_path)]) == 2
     assert export_backbone.main([str(tmp_path), str(tmp_path / "out.h5")]) == 2
-    assert "ending in .weights.h5" in capsys.readouterr().err
+    assert "ending in .weights.h5 (got output path" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert export_backbone.main([str(tmp_path / "run"), str(tmp_path / "x.weights.h5")]) == 2
+    assert "has not finished" in capsys.readouterr().err
+    assert export_backbone.main([str(tmp_path), str(tmp_path / "x.weights.h5"), "--recalibrate-bn", "/nonexistent"]) == 2
+    assert "folder '/nonexistent' does not exist" in capsys.readouterr().err
     code = export_backbone.main([str(tmp_path / "missing"), str(tmp_path / "x.weights.h5")])
     assert code == 2 and "missing" in capsys.readouterr().err
 

@@ -120,7 +120,9 @@ def test_ctrl_c_inside_an_epoch_checkpoints_that_batch_and_resumes_exactly(cifar
     run_dir = _only_run_dir(tmp_path)
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "interrupted" and res["signal"] == "SIGINT"
-    assert res["epoch"] == 3 and res["step"] == 11 and res["resume"].endswith(str(run_dir))
+    assert res["epoch"] == 3 and res["step"] == 11 and res["batches_done"] == 2
+    assert res["resume"].endswith(str(run_dir)) and res["resume_from"].endswith("interrupted")
+    assert "resume with: python -m kbench.run --resume" in " ".join(p.stdout.split())
     state = checkpoint.load_state(str(run_dir / "checkpoints" / "interrupted"))
     assert (state["kind"], state["phase"], state["batches_done"]) == ("interrupted", "fine_tune", 2)
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "interrupted"
