@@ -83,13 +83,17 @@ class RunStateMixin:
         written by :class:`~kbench.checkpoint.StepCheckpoint`; at an epoch end the
         epoch checkpoint; elsewhere (feature caching, testing) a snapshot of the
         weights is written here (``interrupted-snapshot``, not resumable) and
-        ``--resume`` continues from the last epoch checkpoint."""
+        ``--resume`` continues from the checkpoint ``last.json`` names."""
         name = signal.Signals(e.signum).name
         self._log(f"[bold red]{name} received[/]: writing checkpoint and results.json")
         net, path = self._pos.get("net"), None
+        try:  # the checkpoint --resume will continue from (last.json), if any
+            resumable = checkpoint.find(self.run_dir)
+        except KbenchError:
+            resumable = None
         if self.enable_checkpointing and e.where in ("train_batch", "epoch_end"):
             # inside fit the callbacks already wrote a resumable checkpoint at this very batch or epoch end
-            path = checkpoint.find(self.run_dir)
+            path = resumable
         elif self.enable_checkpointing:
             i = self._pos.get("phase_index")
             state = {"phase_index": i, "phase": recipe.phases[i].name if i is not None else None,
@@ -98,10 +102,6 @@ class RunStateMixin:
                      "class_names": model.class_names, "preprocess": model.preprocess.mode}
             opt = net.optimizer if net is not None and net.optimizer.built else None
             path = checkpoint.save(self.run_dir, "interrupted-snapshot", model.keras_model, opt, state)
-        try:  # the checkpoint --resume will continue from (last.json), if any
-            resumable = checkpoint.find(self.run_dir)
-        except KbenchError:
-            resumable = None
         resume = (f"python -m kbench.run --resume {self.run_dir}" if resumable else
                   f"python -m kbench.run --config {os.path.join(self.run_dir, 'config.yaml')} "
                   "(no epoch had finished: start again)")
