@@ -68,7 +68,7 @@ def tests_cross_backend(session: nox.Session) -> None:
     gradients and training losses on all three (each side in its own subprocess)."""
     gpu = has_nvidia_gpu()
     session.install("-e", ".[test]", *(p for b in BACKEND_PACKAGES.values() for p in b[1 if gpu else 0]))
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_predict.py", "tests/test_parity.py",
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_predict.py", "tests/parity/test_parity.py",
                 "-k", "other_backends or across_backends", *(session.posargs or ["-m", "not slow"]))
 
 

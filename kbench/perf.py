@@ -145,7 +145,7 @@ def _forward_flops(backbone: str, image_size: int, head: str, num_classes: int) 
     stored = _read_json(path)
     if key in stored:
         return float(stored[key])
-    from kbench.models import build_model  # late: models imports keras.applications
+    from kbench.models.transfer import build_model  # late: models imports keras.applications
 
     tm = build_model(backbone, "none", image_size, head, 0.0, "auto", num_classes)
     flops = count_flops(tm.keras_model)["flops"]

@@ -4,7 +4,7 @@
         [--batch-size 64] [--top-k 1] [--interpolation linear]
 
 Works on any backend (``KERAS_BACKEND``), whichever one saved the model. The
-model is loaded with Keras safe mode (:func:`kbench.saved.load_saved_model`);
+model is loaded with Keras safe mode (:func:`kbench.models.saved.load_saved_model`);
 pickled files are refused. Folders are searched recursively (sorted, hidden
 files skipped); every file is decoded with OpenCV as RGB
 (:func:`kbench.data.read_image`) and resized with OpenCV to the model's input
@@ -33,8 +33,8 @@ from rich.markup import escape
 from rich.table import Table
 
 import kbench
-from kbench.data import INTERPOLATIONS, read_image, resize_batch
-from kbench.saved import load_saved_model
+from kbench.data.module import INTERPOLATIONS, read_image, resize_batch
+from kbench.models.saved import load_saved_model
 
 console = Console()
 err_console = Console(stderr=True)

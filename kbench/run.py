@@ -29,9 +29,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
 
     Returns the results dict (also written to ``results.json``).
     """
-    from kbench.data import DataModule
-    from kbench.models import build_model, check_input_size, check_weights_file, get_spec
-    from kbench.recipes import make_phases
+    from kbench.data.module import DataModule
+    from kbench.models.transfer import build_model, check_input_size, check_weights_file, get_spec
+    from kbench.recipes.phases import make_phases
     from kbench.trainer import Recipe, Trainer
 
     d, m, r, t = cfg.data, cfg.model, cfg.recipe, cfg.trainer
@@ -57,7 +57,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     # cheap checks first: before any data is read or weights downloaded
     check_input_size(spec, size)
     if cfg.resume:
-        from kbench import checkpoint
+        from kbench.trainer import checkpoint
 
         checkpoint.load_state(checkpoint.find(cfg.resume))  # a newer format or no checkpoint: fail before work
     else:

@@ -3,7 +3,7 @@
     python scripts/export_backbone.py RUN_DIR_OR_MODEL.keras OUT.weights.h5 [--recalibrate-bn FOLDER [N]]
 
 Reads the run's ``model.keras`` (Keras safe mode, via
-:func:`kbench.saved.load_saved_model`), takes its backbone (the nested
+:func:`kbench.models.saved.load_saved_model`), takes its backbone (the nested
 ``keras.applications`` model) and writes that model's weights with
 ``Model.save_weights``. The file loads into the same architecture built with
 ``include_top=False`` at any input size the architecture accepts, which is
@@ -92,7 +92,7 @@ def folder_images(folder: str, n: int, size: int) -> np.ndarray:
         KbenchError: the folder has no usable images.
     """
     from kbench.data import resize_batch
-    from kbench.images import decode_all, list_class_tree
+    from kbench.data.images import decode_all, list_class_tree
 
     tree, _ = list_class_tree(folder)
     per_class = [sorted(files) for _, files in sorted(tree.items()) if files]
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
         print(f"error: run {src!r} has no model.keras: it has not finished; finish it with "
               f"python -m kbench.run --resume {src}", file=sys.stderr)
         return 2
-    from kbench.saved import load_saved_model
+    from kbench.models.saved import load_saved_model
 
     try:
         model = load_saved_model(path).model

@@ -22,7 +22,7 @@ import pytest
 
 from kbench import KbenchError
 from kbench.data import DataModule
-from kbench.images import decode_image, list_class_tree, read_image
+from kbench.data.images import decode_image, list_class_tree, read_image
 
 # An 8x8 pure red CMYK JPEG (Adobe APP14, inverted CMYK as Photoshop and Pillow write it),
 # made with Pillow: Image.new("RGB", (8, 8), (255, 0, 0)).convert("CMYK").save(f, "JPEG", quality=95).

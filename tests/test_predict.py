@@ -26,8 +26,8 @@ import pytest
 from kbench import KbenchError
 from kbench.data import CIFAR10_CLASSES, read_image, resize_batch
 from kbench.models import ClassNames, Preprocess, build_model
+from kbench.models.saved import load_saved_model
 from kbench.recipes import Phase, apply_phase
-from kbench.saved import load_saved_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -114,12 +114,12 @@ def test_class_names_layer_is_identity_without_variables():
 
 
 def test_load_saved_model_still_reachable_from_models():
-    """kbench.models.load_saved_model (its home before kbench.saved) is the same function."""
+    """kbench.models.load_saved_model (its home before kbench.models.saved) is the same function."""
     import kbench.models
-    import kbench.saved
+    import kbench.models.saved
 
     for name in ("load_saved_model", "LoadedModel", "REFUSED_MODEL_SUFFIXES"):
-        assert getattr(kbench.models, name) is getattr(kbench.saved, name)
+        assert getattr(kbench.models, name) is getattr(kbench.models.saved, name)
     with pytest.raises(AttributeError, match="no_such_name"):
         kbench.models.no_such_name  # noqa: B018
 

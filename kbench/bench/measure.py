@@ -1,0 +1,250 @@
+"""The measuring side of ``python -m kbench.bench``: timing, one measurement, the worker loop.
+
+Everything here runs on the ACTIVE backend, in the worker subprocess that
+:mod:`kbench.bench` starts per backend (``python -m kbench.bench --worker``):
+:func:`time_steps` and :func:`summarize` turn step timings into images/s and step
+times, :func:`measure_model` measures one model / size / batch / precision on every
+requested mode, and :func:`run_worker` measures every combination and appends one
+JSON line per measurement to the rows file. Keras and the backend are imported
+inside the functions, so the parent can import this module without a backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+
+from kbench import KbenchError
+
+BACKENDS = ("jax", "tensorflow", "torch")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+MODES = ("train", "inference")
+#: Compute dtype of each precision, used to pick the matmul peak for MFU.
+PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+ROW_KEYS = ("backend", "model", "image_size", "batch_size", "precision", "mode")
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- timing core
+
+
+def time_steps(step, *, warmup: int, steps: int, repeats: int, clock=time.perf_counter) -> dict:
+    """Call ``step()`` ``warmup`` times untimed-for-throughput, then ``repeats`` x ``steps`` timed times.
+
+    ``step`` must return only once its work is finished (results on the host).
+
+    Returns:
+        ``{"warmup_times_s": [s] * warmup, "step_times_s": [[s] * steps] * repeats}`` (seconds).
+    """
+    warm = []
+    for _ in range(warmup):
+        t0 = clock()
+        step()
+        warm.append(clock() - t0)
+    blocks = []
+    for _ in range(repeats):
+        times = []
+        for _ in range(steps):
+            t0 = clock()
+            step()
+            times.append(clock() - t0)
+        blocks.append(times)
+    return {"warmup_times_s": warm, "step_times_s": blocks}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (NumPy's default method), ``q`` in [0, 100]."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(timing: dict, batch_size: int) -> dict:
+    """Throughput figures from :func:`time_steps` output.
+
+    Returns:
+        ``images_per_s`` (median over repeats of ``steps x batch / block time``),
+        ``images_per_s_min`` / ``_max`` / ``_repeats`` (per repeat, images/s),
+        ``step_ms_p50`` / ``step_ms_p95`` (over every timed step, ms),
+        ``compile_s`` (total warm-up time, s; includes tracing and compilation),
+        ``first_step_s``, ``warmup_steps``, ``measured_steps`` (steps per repeat), ``repeats``.
+    """
+    blocks = timing["step_times_s"]
+    rates = [len(b) * batch_size / sum(b) for b in blocks if b and sum(b) > 0]
+    flat = [t for b in blocks for t in b]
+    warm = timing["warmup_times_s"]
+    return {
+        "images_per_s": statistics.median(rates) if rates else None,
+        "images_per_s_min": min(rates) if rates else None,
+        "images_per_s_max": max(rates) if rates else None,
+        "images_per_s_repeats": rates,
+        "step_ms_p50": _percentile(flat, 50) * 1e3 if flat else None,
+        "step_ms_p95": _percentile(flat, 95) * 1e3 if flat else None,
+        "compile_s": sum(warm),
+        "first_step_s": warm[0] if warm else None,
+        "warmup_steps": len(warm),
+        "measured_steps": len(blocks[0]) if blocks else 0,
+        "repeats": len(blocks),
+    }
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def synthetic_batch(batch_size: int, image_size: int, num_classes: int, seed: int = 0):
+    """Seeded fixed batch: float32 pixels ``(batch, size, size, 3)`` with integer values in [0, 255]
+    and int32 labels ``(batch,)`` in ``[0, num_classes)``, as NumPy arrays."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    y = rng.integers(0, num_classes, (batch_size,)).astype(np.int32)
+    return x, y
+
+
+def measure_model(model_name: str, image_size: int, batch_size: int, precision: str, modes=MODES, *,
+                  steps: int = 20, warmup: int = 3, repeats: int = 3, num_classes: int = 10, seed: int = 0,
+                  jit_compile: bool | str = "auto", peak_gflops: dict | None = None) -> list[dict]:
+    """Measure one model on the ACTIVE backend, in this process: one row per mode.
+
+    ``peak_gflops`` maps a compute dtype (``"float32"``, ``"bfloat16"``...) to the
+    machine's matmul peak in GFLOP/s (:func:`kbench.perf.machine_peak`); without
+    it ``mfu`` is ``None``. The process-wide dtype policy is set to ``precision``
+    for the build and put back to ``float32`` afterwards.
+
+    Returns:
+        rows (dicts) with :data:`ROW_KEYS`, ``status`` ``"ok"``, the fields of
+        :func:`summarize` (images/s, ms, s), ``flops_per_image`` (FLOPs),
+        ``achieved_gflops`` (GFLOP/s), ``peak_gflops``, ``mfu`` (fraction), ``params``.
+
+    Raises:
+        KbenchError: unknown model, size below its minimum, bad precision or mode.
+        Anything the backend raises while building, compiling or running.
+    """
+    import gc
+
+    import keras
+
+    from kbench import backend, perf
+    from kbench.models.transfer import build_model
+
+    if precision not in PRECISIONS:
+        raise KbenchError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise KbenchError(f"unknown mode {bad[0]!r}; choose from: {', '.join(MODES)}")
+    keras.utils.set_random_seed(seed)
+    keras.config.set_dtype_policy(precision)
+    try:
+        tm = build_model(model_name, "none", image_size, "gap", 0.5, "auto", num_classes)
+        model = tm.keras_model
+        forward_flops = perf.count_flops(model)["flops"]
+        x_np, y_np = synthetic_batch(batch_size, image_size, num_classes, seed)
+        x, y = keras.ops.convert_to_tensor(x_np), keras.ops.convert_to_tensor(y_np)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"], jit_compile=jit_compile)
+        last_var = model.trainable_variables[-1]
+
+        def train_step():
+            model.train_on_batch(x, y)  # returns the loss/metrics as Python floats
+            keras.ops.convert_to_numpy(last_var)  # the optimizer update finished too
+
+        def infer_step():
+            keras.ops.convert_to_numpy(model.predict_on_batch(x))
+
+        rows = []
+        for mode in modes:
+            step = train_step if mode == "train" else infer_step
+            timing = time_steps(step, warmup=warmup, steps=steps, repeats=repeats)
+            s = summarize(timing, batch_size)
+            flops = forward_flops * (perf.TRAIN_FLOPS_FACTOR if mode == "train" else 1.0)
+            peak = (peak_gflops or {}).get(PEAK_DTYPE[precision])
+            ips = s["images_per_s"]
+            rows.append({
+                "backend": backend.name(), "model": model_name, "image_size": image_size, "batch_size": batch_size,
+                "precision": precision, "mode": mode, "status": "ok", "error": None, **s,
+                "step_times_ms": [[round(t * 1e3, 4) for t in b] for b in timing["step_times_s"]],
+                "warmup_times_s": timing["warmup_times_s"],
+                "flops_per_image": flops, "achieved_gflops": ips * flops / 1e9 if ips else None,
+                "peak_gflops": peak, "peak_dtype": PEAK_DTYPE[precision], "mfu": perf.mfu(ips, flops, peak),
+                "params": int(model.count_params()), "jit_compile": jit_compile, "num_classes": num_classes,
+                "head": "gap", "weights": "none", "seed": seed,
+                "peak_host_memory_mb": backend.peak_host_memory_mb(),
+                "peak_device_memory_mb": backend.peak_device_memory_mb(),
+            })
+        return rows
+    finally:
+        keras.config.set_dtype_policy("float32")
+        tm = model = None
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def _failed_row(backend_name: str, key: dict, error: str) -> dict:
+    return {"backend": backend_name, **key, "status": "failed", "error": error, "images_per_s": None}
+
+
+def _combos(args) -> list[dict]:
+    return [{"model": m, "image_size": s, "batch_size": b, "precision": p, "mode": mode}
+            for m in args.models for s in args.image_size for b in args.batch_size for p in args.precision
+            for mode in args.modes]
+
+
+def run_worker(args) -> int:
+    """Worker entry point: measure every combination on the active backend, appending JSON lines
+    (``{"record": "env", ...}`` once, then ``{"record": "row", ...}`` per measurement) to ``args.rows_file``."""
+    from kbench import backend, perf
+
+    backend.prepare_environment()
+    out = open(args.rows_file, "a")  # noqa: SIM115 - kept open for the whole worker
+
+    def emit(rec: dict) -> None:
+        out.write(json.dumps(rec, default=str) + "\n")
+        out.flush()
+
+    peaks, peak_info = {}, {}
+    if not args.no_peak:
+        for dtype in sorted({PEAK_DTYPE[p] for p in args.precision}):
+            try:
+                info = perf.machine_peak(args.peak_file, dtype)
+                peaks[dtype] = info["gflops"]
+                peak_info[dtype] = {k: info.get(k) for k in ("gflops", "gflops_min", "gflops_max", "n", "cached",
+                                                                "measured_at", "path")}
+                _log(f"{backend.name()} matmul peak {dtype}: {info['gflops']:.1f} GFLOP/s "
+                     f"({'stored' if info['cached'] else 'measured now'})")
+            except Exception as e:  # noqa: BLE001 - MFU is optional; the bench goes on
+                peak_info[dtype] = {"error": f"{type(e).__name__}: {e}"}
+    emit({"record": "env", "backend": backend.name(), "device": backend.device(), "versions": backend.versions(),
+          "peaks": peak_info})
+    failed = 0
+    for m in args.models:
+        for s in args.image_size:
+            for b in args.batch_size:
+                for p in args.precision:
+                    key = {"model": m, "image_size": s, "batch_size": b, "precision": p}
+                    _log(f"{backend.name()} {m} {s}px batch {b} {p}: measuring {', '.join(args.modes)}")
+                    try:
+                        rows = measure_model(m, s, b, p, args.modes, steps=args.steps, warmup=args.warmup,
+                                             repeats=args.repeats, num_classes=args.num_classes, seed=args.seed,
+                                             jit_compile=args.jit_compile, peak_gflops=peaks)
+                    except Exception as e:  # noqa: BLE001 - one failing combination must not stop the rest
+                        failed += 1
+                        err = f"{type(e).__name__}: {str(e)[:500]}"
+                        _log(f"{backend.name()} {m} {p} failed: {err}")
+                        for mode in args.modes:
+                            emit({"record": "row", **_failed_row(backend.name(), {**key, "mode": mode}, err)})
+                        continue
+                    for r in rows:
+                        emit({"record": "row", **r})
+                        _log(f"{backend.name()} {m} {s}px b{b} {p} {r['mode']}: {r['images_per_s']:.1f} images/s "
+                             f"(min {r['images_per_s_min']:.1f}, max {r['images_per_s_max']:.1f}), "
+                             f"p50 {r['step_ms_p50']:.1f} ms, warm-up {r['compile_s']:.1f} s")
+    out.close()
+    return 1 if failed else 0

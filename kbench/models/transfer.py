@@ -1,0 +1,384 @@
+"""Backbone registry, preprocessing layer, heads and the :class:`TransferModel`.
+
+One table, :data:`BACKBONES`, describes every supported ``keras.applications``
+backbone: its constructor, the preprocessing it was trained with, its minimum and
+default input size, the feature map it returns and the block that ``fine_tune``
+unfreezes by default. The data pipeline and the recipes read from it (in the
+spirit of timm's per-model ``pretrained_cfg``).
+
+Preprocessing constants are those of ``keras.applications.imagenet_utils``
+(``caffe``: BGR mean subtraction; ``tf``: scale to [-1, 1]; ``torch``: ImageNet
+mean/std on [0, 1]); EfficientNet, MobileNetV3 and ConvNeXt carry their own
+rescaling inside the model (mode ``none`` here).
+
+Loading a saved ``model.keras`` is :mod:`kbench.models.saved` (``load_saved_model`` is
+also reachable here, its old home). The custom layers stay in this module: the
+``.keras`` files name them by their registered name ``kbench>Preprocess`` /
+``kbench>ClassNames``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+from keras import layers, ops, tree
+
+from kbench import KbenchError
+
+# keras.applications.imagenet_utils constants (caffe mean is in BGR order).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+PREPROCESS_MODES = ("caffe", "tf", "torch", "scale01", "none")
+
+
+def _floor32(size: int) -> int:
+    return size // 32
+
+
+def _xception_spatial(size: int) -> int:
+    # conv 3x3/2 valid, conv 3x3 valid, then four stride-2 'same' poolings.
+    n = (size - 3) // 2 + 1 - 2
+    for _ in range(4):
+        n = math.ceil(n / 2)
+    return n
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry row.
+
+    Attributes:
+        name: registry key, e.g. ``"vgg16"``.
+        constructor: the ``keras.applications`` function (called with
+            ``include_top=False``).
+        preprocess: preprocessing mode, one of :data:`PREPROCESS_MODES`; input is
+            RGB float pixels in [0, 255].
+        min_size: smallest square input side in pixels that the backbone accepts.
+        default_size: the ImageNet training resolution in pixels.
+        channels: channels of the last feature map.
+        spatial: maps input side (px) to the feature map side.
+        unfreeze: layer-name prefix of the top block that ``fine_tune`` unfreezes.
+    """
+
+    name: str
+    constructor: Callable[..., keras.Model]
+    preprocess: str
+    min_size: int
+    default_size: int
+    channels: int
+    unfreeze: str
+    spatial: Callable[[int], int] = _floor32
+
+    def feature_shape(self, size: int) -> tuple[int, int, int]:
+        """Shape ``(h, w, channels)`` of the backbone output for a ``size`` x ``size`` input."""
+        s = self.spatial(size)
+        return (s, s, self.channels)
+
+
+_A = keras.applications
+BACKBONES: dict[str, BackboneSpec] = {
+    s.name: s
+    for s in [
+        BackboneSpec("vgg16", _A.VGG16, "caffe", 32, 224, 512, "block5"),
+        BackboneSpec("vgg19", _A.VGG19, "caffe", 32, 224, 512, "block5"),
+        BackboneSpec("resnet50", _A.ResNet50, "caffe", 32, 224, 2048, "conv5"),
+        BackboneSpec("resnet50v2", _A.ResNet50V2, "tf", 32, 224, 2048, "conv5"),
+        BackboneSpec("mobilenetv2", _A.MobileNetV2, "tf", 32, 224, 1280, "block_16"),
+        BackboneSpec("mobilenetv3small", _A.MobileNetV3Small, "none", 32, 224, 576, "expanded_conv_10"),
+        BackboneSpec("densenet121", _A.DenseNet121, "torch", 32, 224, 1024, "conv5"),
+        BackboneSpec("xception", _A.Xception, "tf", 71, 299, 2048, "block14", _xception_spatial),
+        BackboneSpec("efficientnetb0", _A.EfficientNetB0, "none", 32, 224, 1280, "block7"),
+        BackboneSpec("convnexttiny", _A.ConvNeXtTiny, "none", 32, 224, 768, "convnext_tiny_stage_3"),
+    ]
+}
+HEADS = ("gap", "flatten", "mlp", "article")
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Registry row for ``name``.
+
+    Raises:
+        KbenchError: unknown name (the message lists the valid ones).
+    """
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise KbenchError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def check_input_size(spec: BackboneSpec, size: int) -> None:
+    """Refuse an input side below the backbone's minimum, before anything is built.
+
+    Raises:
+        KbenchError: ``size`` < ``spec.min_size``.
+    """
+    if size < spec.min_size:
+        raise KbenchError(
+            f"input size {size} is below the minimum of {spec.min_size} px for backbone "
+            f"{spec.name!r}; set --model.image_size {spec.min_size} or larger"
+        )
+
+
+@keras.saving.register_keras_serializable(package="kbench")
+class Preprocess(layers.Layer):
+    """Backbone preprocessing inside the model, so it can never run twice.
+
+    Input: ``(batch, h, w, 3)`` RGB pixels in [0, 255], any float dtype.
+    Output: same shape, in the backbone's expected range/order:
+
+    * ``caffe``: RGB -> BGR, minus ``CAFFE_MEAN_BGR`` (VGG, ResNet50);
+    * ``tf``: ``x / 127.5 - 1`` (MobileNetV2, ResNet50V2, Xception);
+    * ``torch``: ``(x / 255 - TORCH_MEAN) / TORCH_STD`` (DenseNet);
+    * ``scale01``: ``x / 255`` (the seed tutorial);
+    * ``none``: unchanged (models with built-in rescaling).
+
+    Source: ``keras.applications.imagenet_utils.preprocess_input``.
+    """
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESS_MODES:
+            raise KbenchError(f"unknown preprocess mode {mode!r}; choose one of: {', '.join(PREPROCESS_MODES)}")
+        self.mode = mode
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(CAFFE_MEAN_BGR, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(TORCH_MEAN, self.compute_dtype)
+            std = ops.convert_to_tensor(TORCH_STD, self.compute_dtype)
+            return (x / 255.0 - mean) / std
+        if self.mode == "scale01":
+            return x / 255.0
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="kbench")
+class ClassNames(layers.Layer):
+    """Pass-through last layer that stores the class names in the saved model.
+
+    ``call`` returns its input unchanged (any shape and dtype; no casting, no
+    variables), so the model computes exactly what it did without it. Its config
+    (``class_names``: list of str, index = class id; ``from_logits``: whether the
+    values passing through are logits or probabilities) travels in the ``.keras``
+    file, so :func:`kbench.models.saved.load_saved_model` can recover them on any backend.
+    """
+
+    def __init__(self, class_names: list[str], from_logits: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = [str(c) for c in class_names]
+        self.from_logits = bool(from_logits)
+        self._convert_input_args = False  # pure identity: never cast float32 logits to a mixed policy
+        self.supports_masking = True
+        self.built = True
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, x):
+        # A new symbolic tensor, so the functional graph gets a node of its own.
+        return tree.map_structure(lambda t: keras.KerasTensor(t.shape, dtype=t.dtype, sparse=t.sparse), x)
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": list(self.class_names), "from_logits": self.from_logits}
+
+
+def check_weights_file(weights: str) -> str:
+    """Validate a ``--model.weights`` path (not ``imagenet``/``none``) and return it expanded.
+
+    Raises:
+        KbenchError: the file does not exist, or is a pickle (refused).
+    """
+    path = os.path.expanduser(weights)
+    if not os.path.isfile(path):
+        raise KbenchError(
+            f"weights file {weights!r} does not exist; pass an existing file, 'imagenet' or 'none' "
+            "to --model.weights"
+        )
+    if path.endswith((".pkl", ".pickle", ".pt", ".pth")):
+        raise KbenchError(f"weights file {weights!r}: pickled files are refused; use a Keras .weights.h5 file")
+    return path
+
+
+def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
+    """Construct the headless backbone for a ``size`` x ``size`` x 3 input.
+
+    Args:
+        weights: ``"imagenet"`` (downloaded by keras), ``"none"`` (random init) or a
+            path to a Keras weights file for this architecture (``include_top=False``).
+
+    Raises:
+        KbenchError: size below the minimum, missing or mismatching weights file,
+            or ImageNet weights that cannot be downloaded.
+    """
+    check_input_size(spec, size)
+    shape = (size, size, 3)
+    if weights == "none":
+        return spec.constructor(include_top=False, weights=None, input_shape=shape)
+    if weights == "imagenet":
+        try:
+            return spec.constructor(include_top=False, weights="imagenet", input_shape=shape)
+        except Exception as e:  # urllib / OSError / HTTP errors differ by platform
+            raise KbenchError(
+                f"could not get the ImageNet weights for {spec.name!r} ({type(e).__name__}: {e}). "
+                "Without network access pass a local file with --model.weights PATH "
+                "(a Keras weights file of the headless backbone), or --model.weights none"
+            ) from None
+    path = check_weights_file(weights)
+    base = spec.constructor(include_top=False, weights=None, input_shape=shape)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            base.load_weights(path)
+        # Keras only warns when part of a file does not match and keeps random weights there.
+        partial = [str(w.message) for w in caught if "Skipping" in str(w.message) or "mismatch" in str(w.message)]
+        if partial:
+            raise ValueError(f"only part of the file matched ({len(partial)} warning(s): {partial[0][:200]})")
+    except Exception as e:  # keras raises ValueError / KeyError / OSError for mismatches
+        raise KbenchError(
+            f"weights file {weights!r} does not fit backbone {spec.name!r} "
+            f"({type(e).__name__}: {str(e)[:300]}); use weights saved from the same "
+            "keras.applications architecture with include_top=False"
+        ) from None
+    return base
+
+
+def build_head(kind: str, num_classes: int, dropout: float, hidden: int = 512) -> list[layers.Layer]:
+    """The layers placed on top of the backbone's feature map.
+
+    * ``gap``: GlobalAveragePooling2D -> Dropout(dropout) -> Dense(num_classes) logits;
+    * ``flatten``: Flatten -> Dropout(dropout) -> Dense(num_classes) logits;
+    * ``mlp``: Flatten -> BatchNormalization -> Dense(hidden, ReLU) -> Dropout(dropout)
+      -> Dense(num_classes) logits. The BatchNormalization rescales features of very
+      different magnitudes (VGG16 activations reach several hundred);
+    * ``article``: the seed tutorial's head, Flatten -> Dense 1000, 800, 400, 200,
+      100 (ReLU) -> Dense(num_classes, softmax).
+
+    The last layer always computes in float32 (mixed-precision guidance). Dropout
+    gets an explicit seed drawn from NumPy's global generator (seeded by the
+    trainer), so its masks come from the layer's own seed state on every backend
+    (unseeded dropout on PyTorch draws from torch's global generator, which data
+    loaders also consume).
+    """
+    if kind not in HEADS:
+        raise KbenchError(f"unknown head {kind!r}; choose one of: {', '.join(HEADS)}")
+    if kind == "article":
+        hidden = [layers.Dense(u, activation="relu", name=f"head_dense_{u}") for u in (1000, 800, 400, 200, 100)]
+        return [layers.Flatten(name="head_flatten"), *hidden,
+                layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")]
+    pool = layers.GlobalAveragePooling2D(name="head_pool") if kind == "gap" else layers.Flatten(name="head_flatten")
+    mid = ([layers.BatchNormalization(name="head_bn"), layers.Dense(hidden, activation="relu", name="head_hidden")]
+           if kind == "mlp" else [])
+    seed = int(np.random.randint(0, 2**31 - 1))
+    return [pool, *mid, layers.Dropout(dropout, seed=seed, name="head_dropout"),
+            layers.Dense(num_classes, dtype="float32", name="logits")]
+
+
+class TransferModel:
+    """A backbone plus a new head, composed as a Keras functional model.
+
+    The layers (and therefore the variables) are created once; :meth:`compose`
+    and :meth:`split` wire them into different graphs that share them:
+
+    * ``compose()``: ``image (b, s, s, 3) float [0, 255] -> Preprocess -> base -> head``;
+    * ``split(cut)``: a frozen prefix ``image -> base[:cut]`` and a trainable
+      suffix ``features -> base[cut:] -> head`` for the frozen-prefix cache.
+
+    Attributes:
+        spec, base, preprocess, head, image_size, num_classes, class_names.
+        from_logits: True when the head outputs logits (``gap``/``flatten``),
+            False for the softmax ``article`` head.
+    """
+
+    def __init__(self, spec: BackboneSpec, base: keras.Model, preprocess: str, head: list[layers.Layer],
+                 image_size: int, num_classes: int, class_names: list[str] | None = None):
+        self.spec, self.base, self.head = spec, base, head
+        self.preprocess = Preprocess(preprocess, name="preprocess")
+        self.image_size, self.num_classes = image_size, num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.from_logits = head[-1].get_config().get("activation") != "softmax"
+        self.names_layer = ClassNames(self.class_names, self.from_logits, name="class_names")
+        self.base_training: bool | None = None
+        self.keras_model = self.compose()
+
+    def _apply_head(self, x):
+        for layer in self.head:
+            x = layer(x)
+        return x
+
+    def compose(self, base_training: bool | None = None) -> keras.Model:
+        """(Re)build the end-to-end model; ``base_training=False`` keeps the whole
+        backbone (BatchNormalization, dropout) in inference mode, ``None`` lets it
+        follow ``fit``/``evaluate``. Shares all variables with earlier graphs.
+
+        The last layer is the variable-free pass-through :class:`ClassNames`, so a
+        saved model carries its class names (:func:`kbench.models.saved.load_saved_model`)."""
+        self.base_training = base_training
+        inputs = keras.Input((self.image_size, self.image_size, 3), name="image")
+        x = self.base(self.preprocess(inputs), training=base_training)
+        out = self.names_layer(self._apply_head(x))
+        self.keras_model = keras.Model(inputs, out, name=f"{self.spec.name}_transfer")
+        return self.keras_model
+
+    def split(self, cut: str) -> tuple[keras.Model, keras.Model]:
+        """Prefix/suffix pair at the output of base layer ``cut``.
+
+        Returns:
+            ``(prefix, suffix)``: ``prefix`` maps images ``(b, s, s, 3)`` to the
+            ``cut`` features in inference mode; ``suffix`` maps those features to
+            the head output, sharing variables with :attr:`keras_model`.
+
+        Raises:
+            ValueError: ``cut`` is not a bottleneck of the backbone graph (some path
+                bypasses it), so no suffix model exists.
+        """
+        cut_t = self.base.get_layer(cut).output
+        inputs = keras.Input((self.image_size, self.image_size, 3), name="image")
+        pre_base = keras.Model(self.base.input, cut_t, name=f"prefix_{cut}")
+        prefix = keras.Model(inputs, pre_base(self.preprocess(inputs), training=False), name="frozen_prefix")
+        feats = keras.Input(tuple(cut_t.shape[1:]), name=f"{cut}_features")
+        if cut == self.base.layers[-1].name:
+            x = feats
+        else:
+            rest = keras.Model(cut_t, self.base.output, name=f"suffix_{cut}")
+            x = rest(feats, training=self.base_training)
+        suffix = keras.Model(feats, self._apply_head(x), name="trainable_suffix")
+        return prefix, suffix
+
+
+def build_model(backbone: str, weights: str, image_size: int | None, head: str, head_dropout: float,
+                preprocess: str, num_classes: int, class_names: list[str] | None = None,
+                head_hidden: int = 512) -> TransferModel:
+    """Build a :class:`TransferModel` from config values (see ``config.ModelConfig``).
+
+    ``image_size`` ``None`` means the registry's default size; ``preprocess``
+    ``"auto"`` means the registry's mode.
+
+    Raises:
+        KbenchError: unknown backbone/head/preprocess, size below minimum, bad weights.
+    """
+    spec = get_spec(backbone)
+    size = image_size or spec.default_size
+    check_input_size(spec, size)
+    mode = spec.preprocess if preprocess == "auto" else preprocess
+    if mode not in PREPROCESS_MODES:
+        raise KbenchError(f"unknown preprocess mode {mode!r}; choose one of: auto, {', '.join(PREPROCESS_MODES)}")
+    base = build_backbone(spec, size, weights)
+    return TransferModel(spec, base, mode, build_head(head, num_classes, head_dropout, head_hidden), size,
+                         num_classes, class_names)

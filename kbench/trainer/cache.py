@@ -1,0 +1,79 @@
+"""Frozen-prefix feature cache.
+
+When the bottom of the network is frozen (its BatchNormalization in inference
+mode) and the input pipeline has no random augmentation, the output of the
+frozen prefix is computed once per split and the rest of the network is
+trained on it. The shallowest cut any phase needs is computed from images;
+deeper cuts are derived from it by running only the layers in between.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from kbench.data.module import BatchSequence, DataModule
+from kbench.models.transfer import TransferModel
+
+
+class FeatureCache:
+    """Outputs of frozen backbone prefixes, per split, computed once.
+
+    The shallowest cut that any phase needs is computed from images; deeper cuts
+    are derived from it by running only the layers in between. Arrays are
+    ``float32 (N, h, w, c)`` in sample order of the split (never modified).
+
+    Args:
+        model, datamodule: what the features are computed from.
+        trainer: the :class:`~kbench.trainer.Trainer` (batch limits, progress callbacks).
+    """
+
+    def __init__(self, model: TransferModel, datamodule: DataModule, trainer):
+        self.tm, self.dm, self.trainer = model, datamodule, trainer
+        self.store: dict[tuple[str, str], np.ndarray] = {}
+        self.root_cut: str | None = None
+        self.seconds = 0.0
+
+    def _index(self, cut: str) -> int:
+        return [layer.name for layer in self.tm.base.layers].index(cut)
+
+    def plan(self, cuts: list[str]) -> None:
+        """Declare the cuts the run will need; the shallowest is computed from images."""
+        self.root_cut = min(cuts, key=self._index) if cuts else None
+
+    def get(self, split: str, cut: str) -> np.ndarray:
+        """Features of ``split`` at the output of base layer ``cut``; adds the time
+        spent computing them to :attr:`seconds`."""
+        t0 = time.perf_counter()
+        out = self._get(split, cut)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def _get(self, split: str, cut: str) -> np.ndarray:
+        key = (split, cut)
+        if key in self.store:
+            return self.store[key]
+        root = self.root_cut if self.root_cut and self._index(self.root_cut) <= self._index(cut) else cut
+        limit = self.trainer._limit(split)
+        if root == cut:
+            prefix, _ = self.tm.split(cut)
+            seq = self.dm.loader(split, self.tm.image_size, limit_batches=limit)
+        else:
+            src = self._get(split, root)
+            prefix = keras.Model(self.tm.base.get_layer(root).output, self.tm.base.get_layer(cut).output)
+            seq = BatchSequence(src, np.zeros(len(src), np.int32), self.dm.batch_size, None)
+        bar = self.trainer._progress(f"cache {cut} ({split})")
+        feats = prefix.predict(seq, verbose=0, callbacks=bar)
+        self.store[key] = np.asarray(feats, dtype=np.float32)
+        return self.store[key]
+
+    def labels(self, split: str) -> np.ndarray:
+        """Labels aligned with the cached features of ``split`` (limits applied)."""
+        s = getattr(self.dm, split)
+        n = next(len(v) for (sp, _), v in self.store.items() if sp == split)
+        return s.y[:n]
+
+
+__all__ = ["FeatureCache"]

@@ -1,0 +1,276 @@
+"""Reliability: checkpoints, exact resume after SIGKILL, SIGINT/SIGTERM, non-finite
+loss, best weights, bad --resume folders, failed checkpoint writes.
+
+The fault runs are real ``python -m kbench.run`` processes (tests/faults.py) on
+the current KERAS_BACKEND; nox runs this file once per backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kbench import KbenchError
+from kbench.models.saved import load_saved_model
+from kbench.run import main
+from kbench.trainer import checkpoint
+
+HERE = Path(__file__).resolve().parent
+# fine_tune, 2 + 3 epochs of 3 batches on a tiny model: phase 2 = epochs 3..5
+ARGS = ["--model.backbone", "mobilenetv3small", "--model.image_size", "32", "--model.weights", "none",
+        "--data.source", "folder", "--data.batch_size", "32", "--recipe.epochs", "2", "--recipe.fine_tune_epochs",
+        "3", "--trainer.limit_train_batches", "3", "--trainer.inference_batches", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.precision", "float32"]
+
+
+def _run(cifar_dir, root, *faults, extra=()):
+    cmd = [sys.executable, str(HERE.parent / "faults.py"), *faults, "--", *ARGS, "--data.root", str(cifar_dir),
+           "--trainer.default_root_dir", str(root), *extra]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def _resume(run_dir, *extra):
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+    return subprocess.run([sys.executable, "-m", "kbench.run", "--resume", str(run_dir), *extra],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def _only_run_dir(root) -> Path:
+    (d,) = [p for p in Path(root).iterdir() if p.is_dir()]
+    return d
+
+
+def _metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: r[k] for k in ("phase", "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy",
+                                   "learning_rate")} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cifar_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("clean")
+    p = _run(cifar_dir, root)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    d = _only_run_dir(root)
+    return json.loads((d / "results.json").read_text()), _metrics(d), d
+
+
+@pytest.mark.parametrize("kill_epoch", [pytest.param(3, marks=pytest.mark.slow), 4],
+                         ids=["at-phase-boundary", "inside-phase-2"])
+def test_sigkill_then_resume_matches_uninterrupted_run(cifar_dir, tmp_path, uninterrupted, kill_epoch):
+    clean, clean_rows, _ = uninterrupted
+    p = _run(cifar_dir, tmp_path, "--signal", f"KILL@{kill_epoch}:2")
+    assert p.returncode == -9, p.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    assert not (run_dir / "results.json").exists()
+    last = json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"]
+    assert last == f"epoch-{kill_epoch - 1:04d}"
+    r = _resume(run_dir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _assert_same_as_uninterrupted(run_dir, clean, clean_rows, last)
+
+
+def _assert_same_as_uninterrupted(run_dir, clean, clean_rows, resumed_from):
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "completed" and res["resumed_from"] == resumed_from
+    assert res["test_accuracy"] == clean["test_accuracy"]
+    assert res["test_loss"] == clean["test_loss"]
+    assert _metrics(run_dir) == clean_rows  # every epoch's losses, step counts and learning rates
+    # the optimizer continued: phase 2 ran 3 epochs x 3 steps in total, not 3 after the restart
+    assert res["phases"][-1]["optimizer_iterations"] == clean["phases"][-1]["optimizer_iterations"] == 9
+    assert res["tested_epoch"] == clean["tested_epoch"]
+
+
+def test_step_checkpoint_sigkill_inside_an_epoch_then_exact_resume(cifar_dir, tmp_path, uninterrupted):
+    # 3 batches per epoch, a step checkpoint every 2 steps: steps 8 (epoch 3) and 10 (epoch 4, batch 1);
+    # killed at step 11 (epoch 4, batch 2). The resume replays batches 2-3 of epoch 4 with the saved
+    # metric accumulators, so every logged number matches the uninterrupted run.
+    clean, clean_rows, _ = uninterrupted
+    p = _run(cifar_dir, tmp_path, "--signal", "KILL@4:2", extra=["--trainer.checkpoint_every_n_steps", "2"])
+    assert p.returncode == -9, p.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    ckpts = sorted(x.name for x in (run_dir / "checkpoints").iterdir() if x.is_dir())
+    steps = [c for c in ckpts if c.startswith("step-")]
+    assert "epoch-0003" in ckpts and steps == ["step-00000010"]  # step 8 was superseded by epoch 3
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "step-00000010"
+    state = checkpoint.load_state(str(run_dir / "checkpoints" / "step-00000010"))
+    assert (state["kind"], state["epoch"], state["batches_done"], state["step"]) == ("step", 3, 1, 10)
+    r = _resume(run_dir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "in epoch 4 after batch 1" in " ".join(r.stdout.split())  # rich wraps long lines
+    _assert_same_as_uninterrupted(run_dir, clean, clean_rows, "step-00000010")
+    assert not [x for x in (run_dir / "checkpoints").iterdir() if x.name.startswith("step-")]
+
+
+def test_ctrl_c_inside_an_epoch_checkpoints_that_batch_and_resumes_exactly(cifar_dir, tmp_path, uninterrupted):
+    # SIGINT sent at the end of epoch 4's batch 1 is seen after batch 2: the run stops there
+    clean, clean_rows, _ = uninterrupted
+    p = _run(cifar_dir, tmp_path, "--signal", "INT@4:1")
+    assert p.returncode == 130, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "Traceback" not in p.stdout + p.stderr
+    run_dir = _only_run_dir(tmp_path)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "interrupted" and res["signal"] == "SIGINT"
+    assert res["epoch"] == 3 and res["step"] == 11 and res["batches_done"] == 2
+    assert res["resume"].endswith(str(run_dir)) and res["resume_from"].endswith("interrupted")
+    assert "resume with: python -m kbench.run --resume" in " ".join(p.stdout.split())
+    state = checkpoint.load_state(str(run_dir / "checkpoints" / "interrupted"))
+    assert (state["kind"], state["phase"], state["batches_done"]) == ("interrupted", "fine_tune", 2)
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "interrupted"
+    r = _resume(run_dir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _assert_same_as_uninterrupted(run_dir, clean, clean_rows, "interrupted")
+
+
+@pytest.mark.slow
+def test_signal_at_an_epochs_last_batch_waits_for_the_epoch_checkpoint(cifar_dir, tmp_path):
+    # SIGTERM at the end of epoch 2's batch 2 is seen after batch 3, the epoch's last: validation
+    # and the epoch checkpoint finish first, then the run stops
+    p = _run(cifar_dir, tmp_path, "--signal", "TERM@2:2")
+    assert p.returncode == 143, p.stdout[-3000:] + p.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "interrupted" and res["signal"] == "SIGTERM" and res["epoch"] == 2
+    assert res["interrupted_checkpoint"].endswith("epoch-0002")
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "epoch-0002"
+    assert [r["epoch"] for r in _metrics(run_dir)] == ["1", "2"]
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(cifar_dir, tmp_path):
+    p = _run(cifar_dir, tmp_path, "--nan-at", "2")
+    assert p.returncode == 2
+    out = p.stdout + p.stderr
+    assert "non-finite loss" in out and "epoch 2" in out and "Traceback" not in out
+    run_dir = _only_run_dir(tmp_path)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "failed" and "non-finite loss" in res["error"]
+    ckpts = sorted(x.name for x in (run_dir / "checkpoints").iterdir() if x.is_dir())
+    assert ckpts == ["epoch-0001"]
+    with np.load(run_dir / "checkpoints" / "epoch-0001" / "model.npz") as z:
+        assert all(np.isfinite(z[k]).all() for k in z.files if z[k].dtype.kind == "f")
+
+
+def test_best_epoch_is_tested_and_saved_also_after_resume(cifar_dir, tmp_path):
+    # epoch 2 starts from a wrecked head, so epoch 1 stays the best; the run is killed in
+    # epoch 4 (after the best epoch) and resumed
+    p = _run(cifar_dir, tmp_path, "--noise-at", "2", "--signal", "KILL@4:1")
+    assert p.returncode == -9, p.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    r = _resume(run_dir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    with open(run_dir / "metrics.csv") as f:
+        val = {int(row["epoch"]): float(row["val_accuracy"]) for row in csv.DictReader(f)}
+    best = max(val, key=lambda e: (val[e], -e))
+    assert best != 5 and res["best_epoch"] == res["tested_epoch"] == best
+    assert res["best_monitor_value"] == pytest.approx(val[best])
+    saved = load_saved_model(str(run_dir / "model.keras")).model
+    with np.load(run_dir / "checkpoints" / f"epoch-{best:04d}" / "model.npz") as z:
+        want = [z[k] for k in sorted(z.files)]
+    state = checkpoint.load_state(str(run_dir / "checkpoints" / f"epoch-{best:04d}"))
+    by_path = dict(zip(state["variable_paths"], want))
+    for v in saved.weights:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v.value), by_path[v.path])
+
+
+def test_resume_bad_folders(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", str(tmp_path / "nope")])
+    assert e.value.code == 2 and "no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main(["--resume", str(tmp_path / "empty")])
+    assert "not a kbench run folder" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_config_and_newer_format(cifar_dir, tmp_path, capsys):
+    p = _run(cifar_dir, tmp_path, "--signal", "KILL@2:1")
+    assert p.returncode == -9
+    run_dir = _only_run_dir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", str(run_dir), "--data.batch_size", "16"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "belongs to another config" in err and "data.batch_size" in err
+    state_file = run_dir / "checkpoints" / "epoch-0001" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "format": checkpoint.CKPT_FORMAT + 1}))
+    assert main(["--resume", str(run_dir)]) == 2
+    assert "newer than this kbench understands" in capsys.readouterr().out
+
+
+def _tiny_model():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Dense(5)(inputs)))
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = _tiny_model()
+    checkpoint.save(str(tmp_path), "epoch-0001", model, model.optimizer, {"epoch": 1})
+    before = (tmp_path / "checkpoints" / "epoch-0001" / "model.npz").read_bytes()
+
+    def full_disk(path, arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_npz", full_disk)
+    with pytest.raises(KbenchError, match="No space left.*earlier checkpoints"):
+        checkpoint.save(str(tmp_path), "epoch-0002", model, model.optimizer, {"epoch": 2})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch-0001"]  # no half-written folder
+    assert (tmp_path / "checkpoints" / "epoch-0001" / "model.npz").read_bytes() == before
+
+
+def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
+    a, b = _tiny_model(), _tiny_model()
+    a.optimizer.iterations.assign(7)
+    path = checkpoint.save(str(tmp_path), "epoch-0003", a, a.optimizer, {"epoch": 3})
+    state = checkpoint.load_state(path)
+    checkpoint.restore_model(path, b, state)
+    checkpoint.restore_optimizer(path, b, state)
+    for x, y in zip(a.variables + a.optimizer.variables, b.variables + b.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(x.value), keras.ops.convert_to_numpy(y.value))
+    assert int(keras.ops.convert_to_numpy(b.optimizer.iterations)) == 7
+    inputs = keras.Input((4,))
+    other = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(KbenchError, match="another model"):
+        checkpoint.restore_model(path, other, state)
+
+
+def test_not_enough_disk_space_is_refused_before_training(tmp_path):
+    with pytest.raises(KbenchError, match="not enough disk space"):
+        checkpoint.check_free_space(str(tmp_path), 1 << 60)
+
+
+def test_resume_of_a_completed_run_changes_nothing(uninterrupted):
+    _, _, run_dir = uninterrupted
+    before = (run_dir / "results.json").read_bytes()
+    r = _resume(run_dir)
+    assert r.returncode == 0 and "already completed" in r.stdout
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_unknown_keras_backend_is_one_message(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "nosuch"}
+    p = subprocess.run([sys.executable, "-m", "kbench.run", "--print_config"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 2 and "KERAS_BACKEND='nosuch'" in out and "Traceback" not in out
+
+
+def test_missing_weights_file_refused_even_for_scratch(tmp_path, capsys):
+    code = main(["--recipe.name", "scratch", "--model.weights", str(tmp_path / "missing.weights.h5"),
+                 "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert code == 2 and "missing.weights.h5" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
