@@ -12,6 +12,10 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 BACKENDS = ("jax", "tensorflow", "torch")
+# Keras dtype policies kbench runs (``auto`` resolves to one of the others per device:
+# kbench.backend.resolve_precision) and the compute dtype of each.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+PRECISION_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
 def check_backend_env() -> str | None:
@@ -49,3 +53,26 @@ class KbenchError(Exception):
 
     ``kbench.run`` prints its message (no traceback) and exits with status 2.
     """
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """``__getattr__`` and ``__dir__`` for a subpackage whose public names live in its
+    modules (PEP 562): ``from kbench.models import build_model`` imports
+    ``kbench.models.transfer`` on first use only, so importing a keras-free module of
+    the package (e.g. ``kbench.models.registry``) never imports keras.
+
+    Args:
+        package: the package's ``__name__``.
+        exports: public name -> module that defines it.
+    """
+    import importlib
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__

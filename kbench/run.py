@@ -31,18 +31,17 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     """
     from kbench.data.module import DataModule
     from kbench.models.transfer import build_model, check_input_size, check_weights_file, get_spec
-    from kbench.recipes.phases import make_phases
-    from kbench.trainer import Recipe, Trainer
+    from kbench.recipes import build_recipe
+    from kbench.trainer import Trainer
 
     d, m, r, t = cfg.data, cfg.model, cfg.recipe, cfg.trainer
     spec = get_spec(m.backbone)
     if m.weights not in ("imagenet", "none"):
         check_weights_file(m.weights)  # a wrong path is a mistake even where it would be ignored
-    if r.name == "scratch" and m.weights != "none":
-        console.print(f"[yellow]recipe scratch trains the architecture only: ignoring model.weights={m.weights!r}")
+    recipe = build_recipe(r, spec.unfreeze)
+    if not recipe.pretrained and m.weights != "none":
+        console.print(f"[yellow]recipe {r.name} trains the architecture only: ignoring model.weights={m.weights!r}")
         m.weights = "none"
-    phases = make_phases(r.name, r.epochs, r.learning_rate, r.fine_tune_epochs, r.fine_tune_learning_rate,
-                         r.unfreeze, spec.unfreeze)
     trainer = Trainer(max_epochs=t.max_epochs, max_steps=t.max_steps, limit_train_batches=t.limit_train_batches,
                       limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
                       fast_dev_run=t.fast_dev_run, precision=t.precision, jit_compile=t.jit_compile, seed=t.seed,
@@ -67,7 +66,6 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
                         dm.num_classes, dm.class_names, m.head_hidden)
     if not cfg.resume:
         trainer.make_run_dir()
-    recipe = Recipe(r.name, phases, r.optimizer, r.weight_decay, r.momentum, r.cache)
     return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
 
 

@@ -57,9 +57,7 @@ from kbench.data.images import (  # noqa: F401  (IMAGE_EXTENSIONS, decode_image,
 )
 from kbench.data.npz import load_npz
 
-SOURCES = ("cifar10", "cifar100", "folder", "npz")
-INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR,
-                  "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
+from kbench.data.sources import INTERPOLATIONS, SOURCES  # noqa: E402,F401  (re-exported)
 
 
 @dataclass

@@ -1,129 +1,32 @@
-"""Backbone registry, preprocessing layer, heads and the :class:`TransferModel`.
+"""kbench's layers (preprocessing inside the model, class names), the heads and the
+:class:`TransferModel` (backbone from :mod:`kbench.models.registry` + head).
 
-One table, :data:`BACKBONES`, describes every supported ``keras.applications``
-backbone: its constructor, the preprocessing it was trained with, its minimum and
-default input size, the feature map it returns and the block that ``fine_tune``
-unfreezes by default. The data pipeline and the recipes read from it (in the
-spirit of timm's per-model ``pretrained_cfg``).
-
-Preprocessing constants are those of ``keras.applications.imagenet_utils``
-(``caffe``: BGR mean subtraction; ``tf``: scale to [-1, 1]; ``torch``: ImageNet
-mean/std on [0, 1]); EfficientNet, MobileNetV3 and ConvNeXt carry their own
-rescaling inside the model (mode ``none`` here).
-
-Loading a saved ``model.keras`` is :mod:`kbench.models.saved` (``load_saved_model`` is
-also reachable here, its old home). The custom layers stay in this module: the
-``.keras`` files name them by their registered name ``kbench>Preprocess`` /
-``kbench>ClassNames``.
+The custom layers are registered as ``kbench>Preprocess`` / ``kbench>ClassNames``;
+``.keras`` files name them so, so those names never change. Loading a saved
+``model.keras`` is :mod:`kbench.models.saved`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Callable
 
 import keras
 import numpy as np
 from keras import layers, ops, tree
 
 from kbench import KbenchError
-
-# keras.applications.imagenet_utils constants (caffe mean is in BGR order).
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-TORCH_MEAN = (0.485, 0.456, 0.406)
-TORCH_STD = (0.229, 0.224, 0.225)
-PREPROCESS_MODES = ("caffe", "tf", "torch", "scale01", "none")
-
-
-def _floor32(size: int) -> int:
-    return size // 32
-
-
-def _xception_spatial(size: int) -> int:
-    # conv 3x3/2 valid, conv 3x3 valid, then four stride-2 'same' poolings.
-    n = (size - 3) // 2 + 1 - 2
-    for _ in range(4):
-        n = math.ceil(n / 2)
-    return n
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One registry row.
-
-    Attributes:
-        name: registry key, e.g. ``"vgg16"``.
-        constructor: the ``keras.applications`` function (called with
-            ``include_top=False``).
-        preprocess: preprocessing mode, one of :data:`PREPROCESS_MODES`; input is
-            RGB float pixels in [0, 255].
-        min_size: smallest square input side in pixels that the backbone accepts.
-        default_size: the ImageNet training resolution in pixels.
-        channels: channels of the last feature map.
-        spatial: maps input side (px) to the feature map side.
-        unfreeze: layer-name prefix of the top block that ``fine_tune`` unfreezes.
-    """
-
-    name: str
-    constructor: Callable[..., keras.Model]
-    preprocess: str
-    min_size: int
-    default_size: int
-    channels: int
-    unfreeze: str
-    spatial: Callable[[int], int] = _floor32
-
-    def feature_shape(self, size: int) -> tuple[int, int, int]:
-        """Shape ``(h, w, channels)`` of the backbone output for a ``size`` x ``size`` input."""
-        s = self.spatial(size)
-        return (s, s, self.channels)
-
-
-_A = keras.applications
-BACKBONES: dict[str, BackboneSpec] = {
-    s.name: s
-    for s in [
-        BackboneSpec("vgg16", _A.VGG16, "caffe", 32, 224, 512, "block5"),
-        BackboneSpec("vgg19", _A.VGG19, "caffe", 32, 224, 512, "block5"),
-        BackboneSpec("resnet50", _A.ResNet50, "caffe", 32, 224, 2048, "conv5"),
-        BackboneSpec("resnet50v2", _A.ResNet50V2, "tf", 32, 224, 2048, "conv5"),
-        BackboneSpec("mobilenetv2", _A.MobileNetV2, "tf", 32, 224, 1280, "block_16"),
-        BackboneSpec("mobilenetv3small", _A.MobileNetV3Small, "none", 32, 224, 576, "expanded_conv_10"),
-        BackboneSpec("densenet121", _A.DenseNet121, "torch", 32, 224, 1024, "conv5"),
-        BackboneSpec("xception", _A.Xception, "tf", 71, 299, 2048, "block14", _xception_spatial),
-        BackboneSpec("efficientnetb0", _A.EfficientNetB0, "none", 32, 224, 1280, "block7"),
-        BackboneSpec("convnexttiny", _A.ConvNeXtTiny, "none", 32, 224, 768, "convnext_tiny_stage_3"),
-    ]
-}
-HEADS = ("gap", "flatten", "mlp", "article")
-
-
-def get_spec(name: str) -> BackboneSpec:
-    """Registry row for ``name``.
-
-    Raises:
-        KbenchError: unknown name (the message lists the valid ones).
-    """
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise KbenchError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
-
-
-def check_input_size(spec: BackboneSpec, size: int) -> None:
-    """Refuse an input side below the backbone's minimum, before anything is built.
-
-    Raises:
-        KbenchError: ``size`` < ``spec.min_size``.
-    """
-    if size < spec.min_size:
-        raise KbenchError(
-            f"input size {size} is below the minimum of {spec.min_size} px for backbone "
-            f"{spec.name!r}; set --model.image_size {spec.min_size} or larger"
-        )
+from kbench.models.registry import (  # noqa: F401  (re-exported)
+    BACKBONES,
+    CAFFE_MEAN_BGR,
+    HEADS,
+    PREPROCESS_MODES,
+    TORCH_MEAN,
+    TORCH_STD,
+    BackboneSpec,
+    check_input_size,
+    get_spec,
+)
 
 
 @keras.saving.register_keras_serializable(package="kbench")
@@ -230,10 +133,10 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
     check_input_size(spec, size)
     shape = (size, size, 3)
     if weights == "none":
-        return spec.constructor(include_top=False, weights=None, input_shape=shape)
+        return spec.build(include_top=False, weights=None, input_shape=shape)
     if weights == "imagenet":
         try:
-            return spec.constructor(include_top=False, weights="imagenet", input_shape=shape)
+            return spec.build(include_top=False, weights="imagenet", input_shape=shape)
         except Exception as e:  # urllib / OSError / HTTP errors differ by platform
             raise KbenchError(
                 f"could not get the ImageNet weights for {spec.name!r} ({type(e).__name__}: {e}). "
@@ -241,7 +144,7 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
                 "(a Keras weights file of the headless backbone), or --model.weights none"
             ) from None
     path = check_weights_file(weights)
-    base = spec.constructor(include_top=False, weights=None, input_shape=shape)
+    base = spec.build(include_top=False, weights=None, input_shape=shape)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -226,6 +226,8 @@ class Recipe:
         weight_decay: decoupled weight decay (adamw) or L2 factor for others; 0 = off.
         momentum: SGD momentum.
         cache: ``"auto"`` uses the frozen-prefix cache where it is exact; ``"off"`` never.
+        pretrained: False when the recipe trains the architecture from scratch
+            (``scratch``): ``model.weights`` is then ignored.
     """
 
     name: str
@@ -234,6 +236,7 @@ class Recipe:
     weight_decay: float = 0.0
     momentum: float = 0.9
     cache: str = "auto"
+    pretrained: bool = True
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
@@ -248,3 +251,20 @@ def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: fl
     if name == "rmsprop":
         return keras.optimizers.RMSprop(lr, weight_decay=wd)
     raise KbenchError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+def build_recipe(cfg, default_unfreeze: str) -> Recipe:
+    """The :class:`Recipe` that a :class:`~kbench.config.RecipeConfig` describes.
+
+    Args:
+        cfg: the ``recipe`` config section.
+        default_unfreeze: the backbone's top block (registry ``unfreeze``), used where
+            the recipe says ``unfreeze: auto``.
+
+    Raises:
+        KbenchError: unknown recipe, bad epochs or learning rates.
+    """
+    phases = make_phases(cfg.name, cfg.epochs, cfg.learning_rate, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
+                         cfg.unfreeze, default_unfreeze)
+    return Recipe(cfg.name, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache,
+                  pretrained=cfg.name != "scratch")

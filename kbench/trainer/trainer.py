@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from rich.console import Console
 
-from kbench import KbenchError, backend
+from kbench import PRECISIONS, KbenchError, backend
 from kbench.data.module import BatchSequence, DataModule
 from kbench.models.transfer import TransferModel
 from kbench.recipes.phases import (
@@ -54,7 +54,7 @@ from kbench.trainer.evaluate import EvaluateMixin
 from kbench.trainer.results import make_run_dir, summary_table, write_results
 from kbench.trainer.resume import RunStateMixin
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
 class Trainer(RunStateMixin, EvaluateMixin):
     """Runs recipes on a :class:`~kbench.models.TransferModel` and a :class:`~kbench.data.DataModule`.
 
@@ -348,4 +348,4 @@ class Trainer(RunStateMixin, EvaluateMixin):
         }
 
 
-__all__ = ["Trainer", "Recipe", "make_optimizer", "PRECISIONS"]
+__all__ = ["Trainer"]
