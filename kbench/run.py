@@ -30,7 +30,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     Returns the results dict (also written to ``results.json``).
     """
     from kbench.data.module import DataModule
-    from kbench.models.transfer import build_model, check_input_size, check_weights_file, get_spec
+    from kbench.models.transfer import build_model, check_weights_file, get_spec
     from kbench.recipes import build_recipe
     from kbench.trainer import Trainer
 
@@ -52,9 +52,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
                       checkpoint_every_n_steps=t.checkpoint_every_n_steps, callbacks=callbacks, console=console)
     dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
                     d.max_test_per_class, d.interpolation, d.augment, d.strict, progress=t.enable_progress_bar)
-    size = m.image_size or spec.default_size
     # cheap checks first: before any data is read or weights downloaded
-    check_input_size(spec, size)
+    size = spec.input_size(m.image_size)
     if cfg.resume:
         from kbench.trainer import checkpoint
 

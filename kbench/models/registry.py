@@ -66,6 +66,18 @@ class BackboneSpec:
     unfreeze: str
     spatial: Callable[[int], int] = _floor32
 
+    def input_size(self, image_size: int | None) -> int:
+        """The square input side in pixels for a configured ``image_size`` (``None`` =
+        :attr:`default_size`), checked against :attr:`min_size`: the one place where
+        the image size is defaulted and checked.
+
+        Raises:
+            KbenchError: the side is below :attr:`min_size`.
+        """
+        size = image_size or self.default_size
+        check_input_size(self, size)
+        return size
+
     def build(self, **kwargs):
         """``keras.applications.<constructor>(**kwargs)``: the backbone as a ``keras.Model``."""
         import keras

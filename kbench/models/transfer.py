@@ -277,8 +277,7 @@ def build_model(backbone: str, weights: str, image_size: int | None, head: str, 
         KbenchError: unknown backbone/head/preprocess, size below minimum, bad weights.
     """
     spec = get_spec(backbone)
-    size = image_size or spec.default_size
-    check_input_size(spec, size)
+    size = spec.input_size(image_size)
     mode = spec.preprocess if preprocess == "auto" else preprocess
     if mode not in PREPROCESS_MODES:
         raise KbenchError(f"unknown preprocess mode {mode!r}; choose one of: auto, {', '.join(PREPROCESS_MODES)}")
