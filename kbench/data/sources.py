@@ -21,8 +21,8 @@ Sources (``--data.source``), each a module of its own:
   ``class_names``.
 
 A loader is a function ``loader(dm: DataModule) -> SourceData``
-(:class:`kbench.data.splits.SourceData`: train and test :class:`~kbench.data.splits.Split`
-s, class names, and for image folders the skipped entries and notes). It reads the
+(:class:`kbench.data.splits.SourceData`: the train and test splits, the class names,
+and for image folders the skipped entries and notes). It reads the
 DataModule's options (``source``, ``root``, ``seed``, ``max_train_per_class`` /
 ``max_test_per_class`` (it may apply them early; the DataModule applies them again,
 which leaves an applied subset unchanged), ``test_split``, ``strict``, ``progress``),
@@ -38,10 +38,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import cv2
 
 from kbench import KbenchError
+
+if TYPE_CHECKING:
+    from kbench.data.module import DataModule
+    from kbench.data.splits import SourceData
 
 #: source name -> ``"module:function"`` of its loader, in the config's order.
 SOURCES: dict[str, str] = {
@@ -65,7 +70,7 @@ def check_source(name: str) -> None:
         raise KbenchError(f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}")
 
 
-def get_loader(name: str) -> Callable:
+def get_loader(name: str) -> Callable[[DataModule], SourceData]:
     """The loader function of source ``name`` (imports its module, which may import keras).
 
     Raises:

@@ -1,19 +1,17 @@
 """The source table: names and order, dispatch through it (a new source = a module + a
-row), DataModule's keywords = the config's, keras-free names, the split helpers."""
+row), keras-free names, the split helpers. (DataModule's keywords = DataConfig's fields:
+tests/models/test_package.py, with build_model's.)"""
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kbench import KbenchError
-from kbench.config import DataConfig
 from kbench.data import SOURCES, DataModule, SourceData, Split, get_loader, subset_per_class
 from kbench.data.cifar import load_cifar_source
 from kbench.data.folder import load_folder_source
@@ -29,14 +27,6 @@ def toy_loader(dm: DataModule) -> SourceData:
     y_train, y_test = np.repeat(np.arange(3, dtype=np.int32), 8), np.repeat(np.arange(3, dtype=np.int32), 4)
     x_train = np.broadcast_to(np.arange(24, dtype=np.uint8)[:, None, None, None], (24, 5, 5, 3)).copy()
     return SourceData(Split(x_train, y_train), Split(np.zeros((12, 5, 5, 3), np.uint8), y_test), ["a", "b", "c"])
-
-
-def test_data_module_keywords_are_the_data_config_fields():
-    """run.py calls DataModule(**vars(cfg.data), seed=..., progress=...)."""
-    params = set(inspect.signature(DataModule).parameters)
-    config = {f.name for f in fields(DataConfig)}
-    assert config <= params, f"DataConfig fields DataModule does not take: {sorted(config - params)}"
-    assert params - config == {"seed", "progress"}
 
 
 def test_source_names_in_order_and_each_row_resolves_to_its_module():

@@ -1,5 +1,6 @@
 """The models package: the head table, kbench's saved layers across the package layout,
-build_model's keywords = the config's, keras-free and acyclic imports."""
+keras-free imports; and for the models and data packages both: acyclic imports, and
+build_model's / DataModule's keywords = their config sections' fields."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 
 from kbench import KbenchError
-from kbench.config import ModelConfig
+from kbench.config import DataConfig, ModelConfig
+from kbench.data import DataModule
 from kbench.models import HEADS, ClassNames, Preprocess, build_head, build_model, load_saved_model
 from kbench.models.registry import CAFFE_MEAN_BGR
 
@@ -26,12 +28,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PRE_LAYOUT_CONFIG = Path(__file__).with_name("pre_restructure_config.json")
 
 
-def test_build_model_keywords_are_the_model_config_fields():
-    """run.py calls build_model(**vars(cfg.model), num_classes=..., class_names=...)."""
-    params = set(inspect.signature(build_model).parameters)
-    config = {f.name for f in fields(ModelConfig)}
-    assert config <= params, f"ModelConfig fields build_model does not take: {sorted(config - params)}"
-    assert params - config == {"num_classes", "class_names"}
+@pytest.mark.parametrize("section, build, extra", [
+    (ModelConfig, build_model, {"num_classes", "class_names"}),
+    (DataConfig, DataModule, {"seed", "progress"}),
+])
+def test_builders_take_their_config_section_as_keywords(section, build, extra):
+    """run.py calls build_model(**vars(cfg.model), num_classes=..., class_names=...) and
+    DataModule(**vars(cfg.data), seed=..., progress=...)."""
+    params = set(inspect.signature(build).parameters)
+    config = {f.name for f in fields(section)}
+    assert config <= params, f"{section.__name__} fields {build.__name__} does not take: {sorted(config - params)}"
+    assert params - config == extra
 
 
 def test_layers_keep_their_registered_names():
