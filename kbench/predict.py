@@ -33,7 +33,9 @@ from rich.markup import escape
 from rich.table import Table
 
 import kbench
-from kbench.data.module import INTERPOLATIONS, read_image, resize_batch
+from kbench.data.batches import resize_batch
+from kbench.data.images import read_image
+from kbench.data.sources import INTERPOLATIONS
 from kbench.models.saved import load_saved_model
 
 console = Console()

@@ -91,7 +91,7 @@ def folder_images(folder: str, n: int, size: int) -> np.ndarray:
     Raises:
         KbenchError: the folder has no usable images.
     """
-    from kbench.data import resize_batch
+    from kbench.data.batches import resize_batch
     from kbench.data.images import decode_all, list_class_tree
 
     tree, _ = list_class_tree(folder)
@@ -104,6 +104,7 @@ def folder_images(folder: str, n: int, size: int) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:
+    """The command line (``argv`` without the program name); returns the exit status (0 or 2)."""
     calib = None
     if "--recalibrate-bn" in argv:
         k = argv.index("--recalibrate-bn")

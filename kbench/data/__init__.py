@@ -1,7 +1,11 @@
-"""Data: the :class:`DataModule` (load, split, batch) in :mod:`~kbench.data.module`, the
-data sources' names (:mod:`~kbench.data.sources`, keras-free), one module per source
-(:mod:`~kbench.data.cifar`, :mod:`~kbench.data.npz`, image folders) and image decoding
-(:mod:`~kbench.data.images`).
+"""Data: images and labels in, batches out; one concern per module.
+
+* :mod:`~kbench.data.module`: the :class:`DataModule` (load a source, subsets, validation split, batches).
+* :mod:`~kbench.data.sources`: the source table (:data:`SOURCES`, name -> loader) and interpolations (keras-free).
+* :mod:`~kbench.data.cifar`, :mod:`~kbench.data.folder`, :mod:`~kbench.data.npz`: one module per source.
+* :mod:`~kbench.data.splits`: :class:`Split`, :class:`SourceData` and the seeded stratified selections.
+* :mod:`~kbench.data.batches`: :class:`BatchSequence` and :func:`resize_batch` (per-batch OpenCV resize).
+* :mod:`~kbench.data.images`: decoding image files by content, and what in a folder is not an image.
 
 Public names resolve lazily, so importing a keras-free module here imports no keras.
 """
@@ -11,8 +15,9 @@ from kbench import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["CIFAR10_CLASSES", "DATA_ENV"], "kbench.data.cifar"),
     **dict.fromkeys(["IMAGE_EXTENSIONS", "decode_image", "read_image"], "kbench.data.images"),
-    **dict.fromkeys(["INTERPOLATIONS", "SOURCES"], "kbench.data.sources"),
-    **dict.fromkeys(["BatchSequence", "DataModule", "Split", "resize_batch", "stratified_split"],
-                    "kbench.data.module"),
+    **dict.fromkeys(["INTERPOLATIONS", "SOURCES", "check_source", "get_loader"], "kbench.data.sources"),
+    **dict.fromkeys(["SourceData", "Split", "stratified_split", "subset_per_class"], "kbench.data.splits"),
+    **dict.fromkeys(["BatchSequence", "resize_batch"], "kbench.data.batches"),
+    **dict.fromkeys(["DataModule"], "kbench.data.module"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

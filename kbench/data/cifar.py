@@ -5,12 +5,13 @@ Where a copy is looked for, in order: the ``--data.root`` path, then the
 ``KBENCH_DATA_DIR`` environment variable (:data:`DATA_ENV`). Each may be the
 official ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``, its extracted
 folder (``cifar-10-batches-py/`` / ``cifar-100-python/``), a folder holding either,
-or an image-folder copy with ``train/`` and ``test/`` (read by
-:class:`kbench.data.DataModule` as a ``folder`` source). Without either path the
+or an image-folder copy with ``train/`` and ``test/`` (read as a ``folder`` source:
+:func:`kbench.data.folder.load_image_folder`). Without either path the
 data comes from ``keras.datasets`` (its cache in ``~/.keras/datasets``, else a
 download). CIFAR-100 uses its 100 fine labels.
 
-Every loader here returns ``((x_train, y_train), (x_test, y_test), class_names)``:
+:func:`load_cifar_source` is both sources' loader (:data:`kbench.data.sources.SOURCES`).
+Every reader here returns ``((x_train, y_train), (x_test, y_test), class_names)``:
 ``uint8`` RGB ``(N, 32, 32, 3)`` images and ``int32 (N,)`` labels, like
 :func:`kbench.data.npz.load_npz`.
 """
@@ -20,11 +21,17 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from kbench import KbenchError
+from kbench.data.folder import load_image_folder
+from kbench.data.splits import SourceData
+
+if TYPE_CHECKING:
+    from kbench.data.module import DataModule
 
 DATA_ENV = "KBENCH_DATA_DIR"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -127,3 +134,23 @@ def cifar100_names() -> list[str]:
             return [n.decode() for n in cifar_pickle(f)["fine_label_names"]]
     except OSError:
         return [str(i) for i in range(100)]
+
+
+def load_cifar_source(dm: DataModule) -> SourceData:
+    """The ``cifar10`` / ``cifar100`` sources' loader (``dm.source`` says which): the local
+    copy at ``dm.root`` or ``$KBENCH_DATA_DIR`` (an image-folder copy is read with ``dm``'s
+    options), else ``keras.datasets``. ``dm`` is not modified.
+
+    Raises:
+        KbenchError: a local path is given but holds no copy (:func:`no_local_cifar`),
+            or the download failed (:func:`download_cifar`).
+    """
+    roots = [r for r in (dm.root, os.environ.get(DATA_ENV)) if r]
+    local = find_local_cifar(dm.source, [os.path.expanduser(r) for r in roots])
+    if local and os.path.isdir(os.path.join(local, "train")):
+        return load_image_folder(dm, local)
+    if local:
+        return SourceData.from_arrays(load_cifar_release(dm.source, local))
+    if roots:
+        raise no_local_cifar(dm.source, roots)
+    return SourceData.from_arrays(download_cifar(dm.source))

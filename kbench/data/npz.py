@@ -9,16 +9,23 @@ channels-first arrays. Labels: class indices ``(N,)`` or ``(N, 1)`` (integers or
 whole-number floats) or one-hot ``(N, C)``; one per image; in ``[0, len(class_names))``
 (without ``class_names``: non-negative, and the number of classes is the largest
 label + 1, or C for one-hot labels). At least 2 classes.
+
+:func:`load_npz_source` is the source's loader (:data:`kbench.data.sources.SOURCES`).
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kbench import KbenchError
+from kbench.data.splits import SourceData
+
+if TYPE_CHECKING:
+    from kbench.data.module import DataModule
 
 
 def load_npz(path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
@@ -141,3 +148,12 @@ def _npz_labels(path: str, key: str, y: np.ndarray, n: int, xkey: str) -> tuple[
             raise KbenchError(f"{path}: {key}[{bad[0]}] = {y[bad[0]]} is not a class index; labels must be "
                               "whole numbers")
     return y.astype(np.int32), cols
+
+
+def load_npz_source(dm: DataModule) -> SourceData:
+    """The ``npz`` source's loader: :func:`load_npz` of ``dm.root`` (``~`` expanded).
+
+    Raises:
+        KbenchError: see :func:`load_npz`.
+    """
+    return SourceData.from_arrays(load_npz(os.path.expanduser(dm.root or "")))

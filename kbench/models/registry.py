@@ -10,6 +10,9 @@ Preprocessing constants are those of ``keras.applications.imagenet_utils``
 (``caffe``: BGR mean subtraction; ``tf``: scale to [-1, 1]; ``torch``: ImageNet
 mean/std on [0, 1]); EfficientNet, MobileNetV3 and ConvNeXt carry their own
 rescaling inside the model (mode ``none`` here).
+
+The heads' table is :data:`kbench.models.heads.HEADS` (also importable from here;
+keras-free too).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kbench import KbenchError
+from kbench.models.heads import HEADS  # noqa: F401  (re-exported: the config's head names)
 
 # keras.applications.imagenet_utils constants (caffe mean is in BGR order).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -105,7 +109,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("convnexttiny", "ConvNeXtTiny", "none", 32, 224, 768, "convnext_tiny_stage_3"),
     ]
 }
-HEADS = ("gap", "flatten", "mlp", "article")
 
 
 def get_spec(name: str) -> BackboneSpec:

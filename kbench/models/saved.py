@@ -3,9 +3,11 @@
 
 Only ``.keras`` zip archives with a Keras ``config.json`` are opened, in Keras safe
 mode and without their optimizer; pickles, ``.h5`` full models and NumPy files are
-refused by name. The model's own layers tell the rest: :class:`kbench.models.Preprocess`
-its preprocessing mode and :class:`kbench.models.ClassNames` its class names (older
-files without it: the run's ``results.json`` beside the file, else class indices).
+refused by name. The model's own layers (:mod:`kbench.models.layers`) tell the rest:
+:class:`~kbench.models.layers.Preprocess` its preprocessing mode and
+:class:`~kbench.models.layers.ClassNames` its class names (older files without it:
+the run's ``results.json`` beside the file, else class indices). Imports only the
+layers, not :mod:`kbench.models.transfer` (no import cycle between them).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import NamedTuple
 import keras
 
 from kbench import KbenchError
-from kbench.models.transfer import ClassNames, Preprocess
+from kbench.models.layers import ClassNames, Preprocess
 
 REFUSED_MODEL_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".npy", ".npz", ".h5", ".hdf5", ".tf", ".pb")
 
@@ -61,24 +63,15 @@ def _names_from_results(path: str, n: int) -> list[str] | None:
     return [str(c) for c in names] if isinstance(names, list) and len(names) == n else None
 
 
-def load_saved_model(path: str) -> LoadedModel:
-    """Load a ``.keras`` model saved by kbench (``model.keras``) on the current backend.
-
-    The file must be a ``.keras`` zip archive; it is loaded with Keras safe mode
-    (``safe_mode=True``: no lambda or other arbitrary code is deserialized) and
-    without its optimizer (``compile=False``). Only ``import kbench.models`` is
-    needed for its custom layers (:class:`Preprocess`, :class:`ClassNames`).
-    Models saved before :class:`ClassNames` existed take their class names from
-    the run's ``results.json`` beside the file, else ``"0".."n-1"`` with a warning.
+def check_model_archive(path: str) -> str:
+    """Refuse anything but a ``.keras`` zip archive holding a Keras ``config.json``.
 
     Returns:
-        A :class:`LoadedModel` ``(model, class_names, preprocess, image_size, from_logits)``.
+        ``path`` with ``~`` expanded (the messages show it as given).
 
     Raises:
-        KbenchError: the file is missing; has another suffix (pickles, ``.h5`` full
-            models, NumPy files...) or is not a zip archive with a Keras config;
-            cannot be deserialized in safe mode; or is a Keras model without
-            kbench's ``Preprocess`` layer or with a non-square image input.
+        KbenchError: the file is missing or not a file; has another suffix (pickles,
+            ``.h5`` full models, NumPy files...) or is not a zip archive with a Keras config.
     """
     shown = path
     path = os.path.expanduser(str(path))
@@ -96,6 +89,47 @@ def load_saved_model(path: str) -> LoadedModel:
         raise _refuse_model_file(shown, "is not a .keras archive (not a zip file)") from None
     if "config.json" not in names:
         raise _refuse_model_file(shown, "is a zip file without a Keras config.json")
+    return path
+
+
+def _class_names(model: keras.Model, path: str, shown: str) -> tuple[list[str], bool]:
+    """``(class_names, from_logits)`` from the model's last layer (:class:`ClassNames`); for
+    files saved before it existed, the run's ``results.json`` beside ``path``, else
+    indices (with a warning)."""
+    last = model.layers[-1]
+    if isinstance(last, ClassNames):
+        return list(last.class_names), last.from_logits
+    n = int(model.output_shape[-1])
+    from_logits = last.get_config().get("activation") != "softmax"
+    names = _names_from_results(os.path.join(os.path.dirname(path), "results.json"), n)
+    if names is None:
+        names = [str(i) for i in range(n)]
+        warnings.warn(f"model file {shown!r} carries no class names (saved before kbench stored them) "
+                      f"and has no results.json beside it; using class indices 0..{n - 1}", stacklevel=3)
+    return names, from_logits
+
+
+def load_saved_model(path: str) -> LoadedModel:
+    """Load a ``.keras`` model saved by kbench (``model.keras``) on the current backend.
+
+    The file must be a ``.keras`` zip archive (:func:`check_model_archive`); it is
+    loaded with Keras safe mode (``safe_mode=True``: no lambda or other arbitrary
+    code is deserialized) and without its optimizer (``compile=False``). This
+    module imports the custom layers (:class:`Preprocess`, :class:`ClassNames`),
+    which registers them with Keras. Models saved before :class:`ClassNames`
+    existed take their class names from the run's ``results.json`` beside the file,
+    else ``"0".."n-1"`` with a warning.
+
+    Returns:
+        A :class:`LoadedModel` ``(model, class_names, preprocess, image_size, from_logits)``.
+
+    Raises:
+        KbenchError: the file is missing; has another suffix (pickles, ``.h5`` full
+            models, NumPy files...) or is not a zip archive with a Keras config;
+            cannot be deserialized in safe mode; or is a Keras model without
+            kbench's ``Preprocess`` layer or with a non-square image input.
+    """
+    shown, path = path, check_model_archive(path)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # keras raises TypeError / ValueError / KeyError for configs it cannot rebuild
@@ -110,15 +144,5 @@ def load_saved_model(path: str) -> LoadedModel:
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
         raise KbenchError(f"model file {shown!r}: input shape {shape} is not (batch, size, size, 3)")
-    last = model.layers[-1]
-    if isinstance(last, ClassNames):
-        names_out, from_logits = list(last.class_names), last.from_logits
-    else:  # saved before ClassNames existed: the run's results.json beside it, else indices
-        n = int(model.output_shape[-1])
-        from_logits = last.get_config().get("activation") != "softmax"
-        names_out = _names_from_results(os.path.join(os.path.dirname(path), "results.json"), n)
-        if names_out is None:
-            names_out = [str(i) for i in range(n)]
-            warnings.warn(f"model file {shown!r} carries no class names (saved before kbench stored them) "
-                          f"and has no results.json beside it; using class indices 0..{n - 1}", stacklevel=2)
-    return LoadedModel(model, names_out, pre[0].mode, int(shape[1]), from_logits)
+    names, from_logits = _class_names(model, path, shown)
+    return LoadedModel(model, names, pre[0].mode, int(shape[1]), from_logits)

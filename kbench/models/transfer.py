@@ -1,9 +1,10 @@
-"""kbench's layers (preprocessing inside the model, class names), the heads and the
-:class:`TransferModel` (backbone from :mod:`kbench.models.registry` + head).
+"""The :class:`TransferModel` (backbone from :mod:`kbench.models.registry` + a head from
+:mod:`kbench.models.heads`, with kbench's layers from :mod:`kbench.models.layers`) and
+:func:`build_model`, which builds one from config values.
 
-The custom layers are registered as ``kbench>Preprocess`` / ``kbench>ClassNames``;
-``.keras`` files name them so, so those names never change. Loading a saved
-``model.keras`` is :mod:`kbench.models.saved`.
+Loading a saved ``model.keras`` is :mod:`kbench.models.saved`. The registry names,
+the layers and :func:`build_head` stay importable from here (their home before the
+split).
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import os
 import warnings
 
 import keras
-import numpy as np
-from keras import layers, ops, tree
+from keras import layers
 
 from kbench import KbenchError
+from kbench.models.heads import HEADS, build_head  # noqa: F401  (re-exported)
+from kbench.models.layers import ClassNames, Preprocess  # noqa: F401  (re-exported)
 from kbench.models.registry import (  # noqa: F401  (re-exported)
     BACKBONES,
     CAFFE_MEAN_BGR,
-    HEADS,
     PREPROCESS_MODES,
     TORCH_MEAN,
     TORCH_STD,
@@ -27,79 +28,6 @@ from kbench.models.registry import (  # noqa: F401  (re-exported)
     check_input_size,
     get_spec,
 )
-
-
-@keras.saving.register_keras_serializable(package="kbench")
-class Preprocess(layers.Layer):
-    """Backbone preprocessing inside the model, so it can never run twice.
-
-    Input: ``(batch, h, w, 3)`` RGB pixels in [0, 255], any float dtype.
-    Output: same shape, in the backbone's expected range/order:
-
-    * ``caffe``: RGB -> BGR, minus ``CAFFE_MEAN_BGR`` (VGG, ResNet50);
-    * ``tf``: ``x / 127.5 - 1`` (MobileNetV2, ResNet50V2, Xception);
-    * ``torch``: ``(x / 255 - TORCH_MEAN) / TORCH_STD`` (DenseNet);
-    * ``scale01``: ``x / 255`` (the seed tutorial);
-    * ``none``: unchanged (models with built-in rescaling).
-
-    Source: ``keras.applications.imagenet_utils.preprocess_input``.
-    """
-
-    def __init__(self, mode: str, **kwargs):
-        super().__init__(**kwargs)
-        if mode not in PREPROCESS_MODES:
-            raise KbenchError(f"unknown preprocess mode {mode!r}; choose one of: {', '.join(PREPROCESS_MODES)}")
-        self.mode = mode
-
-    def call(self, x):
-        x = ops.cast(x, self.compute_dtype)
-        if self.mode == "caffe":
-            return ops.flip(x, axis=-1) - ops.convert_to_tensor(CAFFE_MEAN_BGR, self.compute_dtype)
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(TORCH_MEAN, self.compute_dtype)
-            std = ops.convert_to_tensor(TORCH_STD, self.compute_dtype)
-            return (x / 255.0 - mean) / std
-        if self.mode == "scale01":
-            return x / 255.0
-        return x
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
-
-
-@keras.saving.register_keras_serializable(package="kbench")
-class ClassNames(layers.Layer):
-    """Pass-through last layer that stores the class names in the saved model.
-
-    ``call`` returns its input unchanged (any shape and dtype; no casting, no
-    variables), so the model computes exactly what it did without it. Its config
-    (``class_names``: list of str, index = class id; ``from_logits``: whether the
-    values passing through are logits or probabilities) travels in the ``.keras``
-    file, so :func:`kbench.models.saved.load_saved_model` can recover them on any backend.
-    """
-
-    def __init__(self, class_names: list[str], from_logits: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.class_names = [str(c) for c in class_names]
-        self.from_logits = bool(from_logits)
-        self._convert_input_args = False  # pure identity: never cast float32 logits to a mixed policy
-        self.supports_masking = True
-        self.built = True
-
-    def call(self, x):
-        return x
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def compute_output_spec(self, x):
-        # A new symbolic tensor, so the functional graph gets a node of its own.
-        return tree.map_structure(lambda t: keras.KerasTensor(t.shape, dtype=t.dtype, sparse=t.sparse), x)
-
-    def get_config(self):
-        return {**super().get_config(), "class_names": list(self.class_names), "from_logits": self.from_logits}
 
 
 def check_weights_file(weights: str) -> str:
@@ -160,37 +88,6 @@ def build_backbone(spec: BackboneSpec, size: int, weights: str) -> keras.Model:
             "keras.applications architecture with include_top=False"
         ) from None
     return base
-
-
-def build_head(kind: str, num_classes: int, dropout: float, hidden: int = 512) -> list[layers.Layer]:
-    """The layers placed on top of the backbone's feature map.
-
-    * ``gap``: GlobalAveragePooling2D -> Dropout(dropout) -> Dense(num_classes) logits;
-    * ``flatten``: Flatten -> Dropout(dropout) -> Dense(num_classes) logits;
-    * ``mlp``: Flatten -> BatchNormalization -> Dense(hidden, ReLU) -> Dropout(dropout)
-      -> Dense(num_classes) logits. The BatchNormalization rescales features of very
-      different magnitudes (VGG16 activations reach several hundred);
-    * ``article``: the seed tutorial's head, Flatten -> Dense 1000, 800, 400, 200,
-      100 (ReLU) -> Dense(num_classes, softmax).
-
-    The last layer always computes in float32 (mixed-precision guidance). Dropout
-    gets an explicit seed drawn from NumPy's global generator (seeded by the
-    trainer), so its masks come from the layer's own seed state on every backend
-    (unseeded dropout on PyTorch draws from torch's global generator, which data
-    loaders also consume).
-    """
-    if kind not in HEADS:
-        raise KbenchError(f"unknown head {kind!r}; choose one of: {', '.join(HEADS)}")
-    if kind == "article":
-        hidden = [layers.Dense(u, activation="relu", name=f"head_dense_{u}") for u in (1000, 800, 400, 200, 100)]
-        return [layers.Flatten(name="head_flatten"), *hidden,
-                layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")]
-    pool = layers.GlobalAveragePooling2D(name="head_pool") if kind == "gap" else layers.Flatten(name="head_flatten")
-    mid = ([layers.BatchNormalization(name="head_bn"), layers.Dense(hidden, activation="relu", name="head_hidden")]
-           if kind == "mlp" else [])
-    seed = int(np.random.randint(0, 2**31 - 1))
-    return [pool, *mid, layers.Dropout(dropout, seed=seed, name="head_dropout"),
-            layers.Dense(num_classes, dtype="float32", name="logits")]
 
 
 class TransferModel:

@@ -1,0 +1,104 @@
+"""Batches for Keras: :func:`resize_batch` (OpenCV, per batch) and :class:`BatchSequence`
+(a ``keras.utils.PyDataset`` over one split, reshuffled each epoch from ``(seed, epoch)``).
+
+Images are held once as ``uint8`` RGB at their stored size; each batch is resized on
+the fly to the model's input size, so no resized float copy of a whole data set ever
+exists. The trainer also feeds cached frozen-prefix features through
+:class:`BatchSequence` (``image_size=None``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import cv2
+import keras
+import numpy as np
+
+
+def resize_batch(images, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Resize ``uint8`` RGB images to ``(b, size, size, 3)`` ``float32`` in [0, 255] with OpenCV."""
+    out = np.empty((len(images), size, size, 3), np.float32)
+    for i, im in enumerate(images):
+        out[i] = im if im.shape[:2] == (size, size) else cv2.resize(im, (size, size), interpolation=interpolation)
+    return out
+
+
+class BatchSequence(keras.utils.PyDataset):
+    """Batches ``(x, y)`` of one split, reshuffled each epoch from ``(seed, epoch)``.
+
+    ``x`` is either images (``uint8``, resized per batch to ``image_size``; the
+    output is ``float32 (b, image_size, image_size, 3)`` in [0, 255]) or cached
+    features (any float array, served as they are when ``image_size`` is None).
+    ``y`` batches are ``int32 (b,)``. ``epoch`` can be set to resume an order.
+
+    ``limit_batches``: int = number of batches, float = fraction of them.
+    :meth:`tail` serves only an epoch's last batches (resuming inside an epoch).
+    """
+
+    def __init__(self, x, y, batch_size: int, image_size: int | None, shuffle: bool = False, seed: int = 0,
+                 limit_batches: int | float | None = None, augment: bool = False,
+                 interpolation: int = cv2.INTER_LINEAR):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.x, self.y, self.batch_size, self.image_size = x, y, batch_size, image_size
+        self.shuffle, self.seed, self.augment, self.interpolation = shuffle, seed, augment, interpolation
+        n = math.ceil(len(y) / batch_size)
+        if isinstance(limit_batches, float):
+            n = max(1, int(n * limit_batches)) if limit_batches > 0 else 0
+        elif isinstance(limit_batches, int):
+            n = min(n, limit_batches)
+        self.n_batches = n
+        self.epoch = 0
+        self.offset = 0
+
+    def tail(self, start: int) -> "BatchSequence":
+        """A copy that serves batches ``start..`` of this epoch's order (same
+        samples, same augmentation) as its batches ``0..``; ``epoch`` is shared
+        at the time of the call.
+
+        Raises:
+            ValueError: ``start`` is not in ``[0, len(self))``.
+        """
+        if not 0 <= start < self.n_batches - self.offset:
+            raise ValueError(f"tail start {start} outside [0, {self.n_batches - self.offset})")
+        out = copy.copy(self)
+        out.offset, out._order = self.offset + start, None
+        return out
+
+    def batch_sizes(self) -> list[int]:
+        """Number of samples in each served batch (the last one may be smaller)."""
+        n = len(self.y)
+        return [min(self.batch_size, n - i * self.batch_size) for i in range(self.offset, self.n_batches)]
+
+    def order(self) -> np.ndarray:
+        """Sample order of the current epoch."""
+        if not self.shuffle:
+            return np.arange(len(self.y))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.y))
+
+    def on_epoch_begin(self):
+        self._order = self.order()
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = None
+
+    def __len__(self) -> int:
+        return self.n_batches - self.offset
+
+    def __getitem__(self, i: int):
+        if i >= len(self):
+            raise IndexError(i)
+        i += self.offset
+        order = getattr(self, "_order", None)
+        if order is None:
+            order = self._order = self.order()
+        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        if self.image_size is None:
+            return self.x[idx], self.y[idx]
+        xb = resize_batch([self.x[j] for j in idx], self.image_size, self.interpolation)
+        if self.augment:
+            flip = np.random.default_rng([self.seed, self.epoch, i]).random(len(idx)) < 0.5
+            xb[flip] = xb[flip, :, ::-1]
+        return xb, self.y[idx]
