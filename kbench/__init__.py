@@ -30,24 +30,6 @@ def check_backend_env() -> str | None:
     return f"KERAS_BACKEND={value!r} is not a backend kbench runs on; set it to one of: {', '.join(BACKENDS)}"
 
 
-def cpu_name() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (falls back to ``platform.processor()``).
-
-    Here, not in :mod:`kbench.backend`, because the compare and bench parent
-    processes need it without importing keras or a backend.
-    """
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 class KbenchError(Exception):
     """A user-facing error: bad config, missing data or weights, bad input.
 

@@ -2,7 +2,8 @@
 
 This is the only kbench module that imports ``jax``, ``tensorflow`` or ``torch``
 (always lazily, inside functions), so the rest of the package stays on
-``keras`` and ``keras.ops``.
+``keras`` and ``keras.ops``. Facts about the host that need no backend (CPU name
+and flags, memory, installed versions) are in :mod:`kbench.host`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 import keras
 
-from kbench import cpu_name  # noqa: F401  (re-exported: backend.cpu_name)
+from kbench.host import cpu_flags, cpu_name
 
 
 def name() -> str:
@@ -68,18 +69,6 @@ def gpu_devices() -> list[str]:
         if torch.cuda.is_available():
             return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return []
-
-
-def cpu_flags() -> set[str]:
-    """CPU feature flags from ``/proc/cpuinfo`` (empty set where unavailable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def has_native_bfloat16() -> bool:

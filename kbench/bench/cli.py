@@ -50,16 +50,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
-from importlib import metadata
 
-from kbench import KbenchError, __version__, cpu_name
-from kbench.bench.measure import BACKENDS, MODES, PRECISIONS, ROW_KEYS, _combos, _failed_row, run_worker
+from kbench import BACKENDS, KbenchError, host, subproc
+from kbench.bench.measure import MODES, PRECISIONS, ROW_KEYS, combos, failed_row, run_worker
 from kbench.bench.report import build_report, findings, load_bench, render_table
+from kbench.models.registry import BACKBONES, check_input_size
 
 BENCH_FORMAT = 1
 
@@ -81,65 +78,11 @@ def _worker_argv(args, backend_name: str, rows_file: str) -> list[str]:
     return argv
 
 
-def _error_from_log(text: str) -> str:
-    """The most telling line of a failed worker's output: its last exception line, else its last line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        head = ln.split(":", 1)[0]
-        if head.endswith(("Error", "Exception", "Interrupt", "Exit")) and " " not in head:
-            return ln[:500]
-    return lines[-1][:500] if lines else "no output"
-
-
-def run_backend(args, backend_name: str, out_dir: str, echo=print) -> tuple[list[dict], dict]:
-    """Run one backend's worker subprocess; returns ``(rows, info)``.
-
-    ``info``: ``status`` (``ok`` / ``failed``), ``returncode``, ``error``, ``wall_s``,
-    ``log`` (file name), and the worker's ``device``, ``versions`` and ``peaks``.
-    Measurements the worker did not report come back as failed rows with its error.
-    """
-    logs = os.path.join(out_dir, "logs")
-    os.makedirs(logs, exist_ok=True)
-    rows_file = os.path.join(logs, f"{backend_name}.rows.jsonl")
-    log_file = os.path.join(logs, f"{backend_name}.log")
-    for p in (rows_file,):
-        if os.path.exists(p):
-            os.remove(p)
-    env = {**os.environ, "KERAS_BACKEND": backend_name, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-           "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    info: dict = {"status": "ok", "returncode": None, "error": None, "log": os.path.relpath(log_file, out_dir)}
-    t0 = time.perf_counter()
-    with open(log_file, "w") as log:
-        try:
-            proc = subprocess.Popen(_worker_argv(args, backend_name, rows_file), env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        except OSError as e:
-            proc, info["error"] = None, f"cannot start the worker: {e}"
-
-        def pump():
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if line.startswith("[bench]"):
-                    echo(line.rstrip())
-
-        if proc is not None:
-            reader = threading.Thread(target=pump, daemon=True)
-            reader.start()
-            try:
-                proc.wait(timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                info["error"] = f"timed out after {args.timeout:g} s (worker killed)"
-            except BaseException:  # Ctrl-C in the parent: the worker runs in its own session, stop it too
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise
-            reader.join(timeout=10)
-            info["returncode"] = proc.returncode
-    info["wall_s"] = time.perf_counter() - t0
-    rows = []
+def _read_rows(rows_file: str) -> tuple[list[dict], dict]:
+    """The measurement rows of a worker's rows file and its environment record
+    (``device``, ``versions``, ``peaks``; empty when it wrote none). Lines cut short by
+    a crash are skipped; a missing file gives ``([], {})``."""
+    rows, env = [], {}
     try:
         with open(rows_file) as f:
             for line in f:
@@ -148,53 +91,74 @@ def run_backend(args, backend_name: str, out_dir: str, echo=print) -> tuple[list
                 except ValueError:
                     continue  # a line cut short by a crash
                 if rec.pop("record", None) == "env":
-                    info.update({k: rec.get(k) for k in ("device", "versions", "peaks")})
+                    env = {k: rec.get(k) for k in ("device", "versions", "peaks")}
                 else:
                     rows.append(rec)
     except OSError:
         pass
+    return rows, env
+
+
+def _fill_missing(args, backend_name: str, rows: list[dict], info: dict, log_file: str) -> list[dict]:
+    """Set ``info["error"]`` for a worker that crashed, add a failed row (with that
+    error) for every measurement it did not report, and set ``info["status"]``."""
     if info["error"] is None and info["returncode"] not in (0, 1):
-        with open(log_file) as f:
-            info["error"] = f"worker exited with status {info['returncode']}: {_error_from_log(f.read())}"
+        try:
+            with open(log_file, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        info["error"] = f"worker exited with status {info['returncode']}: {subproc.error_line(text)}"
     done = {tuple(r.get(k) for k in ROW_KEYS[1:]) for r in rows}
-    missing = [c for c in _combos(args) if tuple(c[k] for k in ROW_KEYS[1:]) not in done]
+    missing = [c for c in combos(args) if tuple(c[k] for k in ROW_KEYS[1:]) not in done]
     if missing:
         info["error"] = info["error"] or f"worker exited with status {info['returncode']} before reporting"
-        rows += [_failed_row(backend_name, c, info["error"]) for c in missing]
+        rows = rows + [failed_row(backend_name, c, info["error"]) for c in missing]
     if info["error"] or any(r["status"] != "ok" for r in rows):
         info["status"] = "failed"
-    return rows, info
+    return rows
 
 
-def _dist_version(*names: str) -> str | None:
-    for n in names:
-        try:
-            return metadata.version(n)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+def run_backend(args, backend_name: str, out_dir: str, echo=print) -> tuple[list[dict], dict]:
+    """Run one backend's worker subprocess (:func:`kbench.subproc.run_logged`, its own
+    session, killed after ``args.timeout`` s); returns ``(rows, info)``.
+
+    ``info``: ``status`` (``ok`` / ``failed``), ``returncode``, ``error``, ``wall_s``,
+    ``log`` (file name), and the worker's ``device``, ``versions`` and ``peaks``.
+    Measurements the worker did not report come back as failed rows with its error.
+    The worker's ``[bench]`` progress lines go to ``echo``.
+    """
+    logs = os.path.join(out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    rows_file = os.path.join(logs, f"{backend_name}.rows.jsonl")
+    log_file = os.path.join(logs, f"{backend_name}.log")
+    if os.path.exists(rows_file):
+        os.remove(rows_file)
+    info: dict = {"status": "ok", "returncode": None, "error": None, "log": os.path.relpath(log_file, out_dir)}
+    done = subproc.run_logged(_worker_argv(args, backend_name, rows_file), log_file,
+                              env=subproc.backend_env(backend_name), timeout=args.timeout, new_session=True,
+                              on_line=lambda line: echo(line) if line.startswith("[bench]") else None)
+    info["returncode"] = done.returncode
+    if done.error:
+        info["error"] = f"cannot start the worker: {done.error}"
+    elif done.timed_out:
+        info["error"] = f"timed out after {args.timeout:g} s (worker killed)"
+    info["wall_s"] = done.wall_s
+    rows, env = _read_rows(rows_file)
+    info.update(env)
+    return _fill_missing(args, backend_name, rows, info, log_file), info
 
 
 def environment() -> dict:
-    """The parent's environment fingerprint, without importing any backend: CPU model and cores,
-    load average, platform and installed versions of python, keras, jax, jaxlib, tensorflow,
-    torch, numpy and opencv (``None`` when not installed). Per-backend device and imported
-    versions come from the workers (``bench.json`` ``backends``)."""
-    import platform
-
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    return {
-        "cpu": cpu_name(), "cores": os.cpu_count(), "load_average_at_start": load,
-        "platform": platform.platform(), "kbench": __version__,
-        "versions": {"python": platform.python_version(), "keras": _dist_version("keras"),
-                     "jax": _dist_version("jax"), "jaxlib": _dist_version("jaxlib"),
-                     "tensorflow": _dist_version("tensorflow", "tensorflow-cpu"), "torch": _dist_version("torch"),
-                     "numpy": _dist_version("numpy"),
-                     "opencv": _dist_version("opencv-python-headless", "opencv-python", "opencv-contrib-python")},
-    }
+    """The parent's environment fingerprint, without importing any backend (from
+    :func:`kbench.host.environment`): CPU model and cores, load average, platform and
+    installed versions of python, keras, jax, jaxlib, tensorflow, torch, numpy and
+    opencv (``None`` when not installed). Per-backend device and imported versions come
+    from the workers (``bench.json`` ``backends``)."""
+    env = host.environment()
+    packages = {k: v for k, v in env["packages"].items() if k not in ("matplotlib", "kbench")}
+    return {"cpu": env["cpu"], "cores": env["cores"], "load_average_at_start": env["load_average"],
+            "platform": env["os"], "kbench": env["kbench"], "versions": {"python": env["python"], **packages}}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -273,8 +237,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.timeout <= 0:
         raise KbenchError(f"--timeout must be positive, got {args.timeout:g}")
     args.jit_compile = {"auto": "auto", "true": True, "false": False}[str(args.jit_compile).lower()]
-    from kbench.models.transfer import BACKBONES, check_input_size
-
     args.models = _list(tuple(BACKBONES), "model")(args.models)
     for m in args.models:
         for s in args.image_size:

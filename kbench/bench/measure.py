@@ -16,13 +16,11 @@ import math
 import statistics
 import time
 
-from kbench import KbenchError
+from kbench import PRECISION_DTYPES, KbenchError
 
-BACKENDS = ("jax", "tensorflow", "torch")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+#: The precisions the bench measures: those with a fixed compute dtype (``auto`` is not one).
+PRECISIONS = tuple(PRECISION_DTYPES)
 MODES = ("train", "inference")
-#: Compute dtype of each precision, used to pick the matmul peak for MFU.
-PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 ROW_KEYS = ("backend", "model", "image_size", "batch_size", "precision", "mode")
 
 
@@ -108,6 +106,53 @@ def synthetic_batch(batch_size: int, image_size: int, num_classes: int, seed: in
     return x, y
 
 
+def _check_precision_and_modes(precision: str, modes) -> None:
+    if precision not in PRECISIONS:
+        raise KbenchError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise KbenchError(f"unknown mode {bad[0]!r}; choose from: {', '.join(MODES)}")
+
+
+def _step_functions(model, x, y) -> dict:
+    """``{"train": step, "inference": step}``: one synchronous step each (results on the host)."""
+    import keras
+
+    last_var = model.trainable_variables[-1]
+
+    def train_step():
+        model.train_on_batch(x, y)  # returns the loss/metrics as Python floats
+        keras.ops.convert_to_numpy(last_var)  # the optimizer update finished too
+
+    def infer_step():
+        keras.ops.convert_to_numpy(model.predict_on_batch(x))
+
+    return {"train": train_step, "inference": infer_step}
+
+
+def _mode_row(step, mode: str, model, forward_flops: float, key: dict, settings: dict, peak_gflops: dict | None):
+    """Time ``step`` (:func:`time_steps`) and return the row of one measurement (see :func:`measure_model`)."""
+    from kbench import backend, perf
+
+    timing = time_steps(step, warmup=settings["warmup"], steps=settings["steps"], repeats=settings["repeats"])
+    s = summarize(timing, key["batch_size"])
+    flops = forward_flops * (perf.TRAIN_FLOPS_FACTOR if mode == "train" else 1.0)
+    dtype = PRECISION_DTYPES[key["precision"]]
+    peak = (peak_gflops or {}).get(dtype)
+    ips = s["images_per_s"]
+    return {
+        "backend": backend.name(), **key, "mode": mode, "status": "ok", "error": None, **s,
+        "step_times_ms": [[round(t * 1e3, 4) for t in b] for b in timing["step_times_s"]],
+        "warmup_times_s": timing["warmup_times_s"],
+        "flops_per_image": flops, "achieved_gflops": ips * flops / 1e9 if ips else None,
+        "peak_gflops": peak, "peak_dtype": dtype, "mfu": perf.mfu(ips, flops, peak),
+        "params": int(model.count_params()), "jit_compile": settings["jit_compile"],
+        "num_classes": settings["num_classes"], "head": "gap", "weights": "none", "seed": settings["seed"],
+        "peak_host_memory_mb": backend.peak_host_memory_mb(),
+        "peak_device_memory_mb": backend.peak_device_memory_mb(),
+    }
+
+
 def measure_model(model_name: str, image_size: int, batch_size: int, precision: str, modes=MODES, *,
                   steps: int = 20, warmup: int = 3, repeats: int = 3, num_classes: int = 10, seed: int = 0,
                   jit_compile: bool | str = "auto", peak_gflops: dict | None = None) -> list[dict]:
@@ -131,14 +176,10 @@ def measure_model(model_name: str, image_size: int, batch_size: int, precision: 
 
     import keras
 
-    from kbench import backend, perf
+    from kbench import perf
     from kbench.models.transfer import build_model
 
-    if precision not in PRECISIONS:
-        raise KbenchError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise KbenchError(f"unknown mode {bad[0]!r}; choose from: {', '.join(MODES)}")
+    _check_precision_and_modes(precision, modes)
     keras.utils.set_random_seed(seed)
     keras.config.set_dtype_policy(precision)
     try:
@@ -150,48 +191,27 @@ def measure_model(model_name: str, image_size: int, batch_size: int, precision: 
         model.compile(optimizer=keras.optimizers.Adam(1e-3),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"], jit_compile=jit_compile)
-        last_var = model.trainable_variables[-1]
-
-        def train_step():
-            model.train_on_batch(x, y)  # returns the loss/metrics as Python floats
-            keras.ops.convert_to_numpy(last_var)  # the optimizer update finished too
-
-        def infer_step():
-            keras.ops.convert_to_numpy(model.predict_on_batch(x))
-
-        rows = []
-        for mode in modes:
-            step = train_step if mode == "train" else infer_step
-            timing = time_steps(step, warmup=warmup, steps=steps, repeats=repeats)
-            s = summarize(timing, batch_size)
-            flops = forward_flops * (perf.TRAIN_FLOPS_FACTOR if mode == "train" else 1.0)
-            peak = (peak_gflops or {}).get(PEAK_DTYPE[precision])
-            ips = s["images_per_s"]
-            rows.append({
-                "backend": backend.name(), "model": model_name, "image_size": image_size, "batch_size": batch_size,
-                "precision": precision, "mode": mode, "status": "ok", "error": None, **s,
-                "step_times_ms": [[round(t * 1e3, 4) for t in b] for b in timing["step_times_s"]],
-                "warmup_times_s": timing["warmup_times_s"],
-                "flops_per_image": flops, "achieved_gflops": ips * flops / 1e9 if ips else None,
-                "peak_gflops": peak, "peak_dtype": PEAK_DTYPE[precision], "mfu": perf.mfu(ips, flops, peak),
-                "params": int(model.count_params()), "jit_compile": jit_compile, "num_classes": num_classes,
-                "head": "gap", "weights": "none", "seed": seed,
-                "peak_host_memory_mb": backend.peak_host_memory_mb(),
-                "peak_device_memory_mb": backend.peak_device_memory_mb(),
-            })
-        return rows
+        step_fns = _step_functions(model, x, y)
+        key = {"model": model_name, "image_size": image_size, "batch_size": batch_size, "precision": precision}
+        settings = {"steps": steps, "warmup": warmup, "repeats": repeats, "jit_compile": jit_compile,
+                    "num_classes": num_classes, "seed": seed}
+        return [_mode_row(step_fns[mode], mode, model, forward_flops, key, settings, peak_gflops) for mode in modes]
     finally:
         keras.config.set_dtype_policy("float32")
-        tm = model = None
+        tm = model = step_fns = None
         keras.backend.clear_session()
         gc.collect()
 
 
-def _failed_row(backend_name: str, key: dict, error: str) -> dict:
+def failed_row(backend_name: str, key: dict, error: str) -> dict:
+    """The row of a measurement that failed: ``backend``, the ``key`` fields
+    (:data:`ROW_KEYS` but backend), ``status "failed"``, ``error`` and ``images_per_s None``."""
     return {"backend": backend_name, **key, "status": "failed", "error": error, "images_per_s": None}
 
 
-def _combos(args) -> list[dict]:
+def combos(args) -> list[dict]:
+    """Every requested measurement of parsed bench arguments, as ``{model, image_size,
+    batch_size, precision, mode}`` dicts, in the order the worker measures them."""
     return [{"model": m, "image_size": s, "batch_size": b, "precision": p, "mode": mode}
             for m in args.models for s in args.image_size for b in args.batch_size for p in args.precision
             for mode in args.modes]
@@ -211,7 +231,7 @@ def run_worker(args) -> int:
 
     peaks, peak_info = {}, {}
     if not args.no_peak:
-        for dtype in sorted({PEAK_DTYPE[p] for p in args.precision}):
+        for dtype in sorted({PRECISION_DTYPES[p] for p in args.precision}):
             try:
                 info = perf.machine_peak(args.peak_file, dtype)
                 peaks[dtype] = info["gflops"]
@@ -239,7 +259,7 @@ def run_worker(args) -> int:
                         err = f"{type(e).__name__}: {str(e)[:500]}"
                         _log(f"{backend.name()} {m} {p} failed: {err}")
                         for mode in args.modes:
-                            emit({"record": "row", **_failed_row(backend.name(), {**key, "mode": mode}, err)})
+                            emit({"record": "row", **failed_row(backend.name(), {**key, "mode": mode}, err)})
                         continue
                     for r in rows:
                         emit({"record": "row", **r})

@@ -15,8 +15,7 @@ import io
 import json
 import os
 
-from kbench import KbenchError
-from kbench.bench.measure import BACKENDS
+from kbench import BACKENDS, KbenchError, subproc
 
 #: A backend this many times slower than the fastest one is named under "Findings".
 GAP_FACTOR = 3.0
@@ -215,10 +214,7 @@ def build_report(data: dict, out_dir: str) -> dict[str, str]:
     Everything in them is derived from ``data`` (rows, environment, backends, settings)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, f"bench.{k}") for k in ("json", "csv", "md")}
-    tmp = paths["json"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({**data, "findings": findings(data["rows"])}, f, indent=2, default=str)
-    os.replace(tmp, paths["json"])
+    subproc.write_json(paths["json"], {**data, "findings": findings(data["rows"])}, indent=2)
     with open(paths["csv"], "w") as f:
         f.write(render_csv(data["rows"]))
     with open(paths["md"], "w") as f:

@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-from kbench import __version__
+from kbench import BACKENDS, __version__, subproc
 from kbench.compare.env import annotate_compute, environment
-from kbench.compare.run import _load_json, console, run_one
+from kbench.compare.run import console, run_one
 
-BACKENDS = ("jax", "tensorflow", "torch")
 ROWS_FORMAT = 1
 ROWS_FILE = "rows.json"
 
@@ -58,11 +56,11 @@ def parse_backends(text: str) -> list[str]:
     """``"jax,tensorflow"`` -> ``["jax", "tensorflow"]`` (order kept, duplicates dropped).
 
     Raises:
-        UsageError: empty list or a name other than jax, tensorflow, torch.
+        UsageError: empty list or a name not in :data:`kbench.BACKENDS`.
     """
     names = list(dict.fromkeys(b.strip().lower() for b in text.split(",") if b.strip()))
     if not names:
-        raise UsageError("--backends is empty; give a comma-separated list of jax, tensorflow, torch")
+        raise UsageError(f"--backends is empty; give a comma-separated list of {', '.join(BACKENDS)}")
     bad = [b for b in names if b not in BACKENDS]
     if bad:
         raise UsageError(f"unknown backend(s) {', '.join(map(repr, bad))} in --backends; "
@@ -116,10 +114,7 @@ def check_config(config: str, overrides: Sequence[str]) -> None:
 def write_rows(out_dir: str, data: dict) -> str:
     """Write ``data`` to ``out_dir/rows.json`` atomically; returns the path."""
     path = os.path.join(out_dir, ROWS_FILE)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
+    subproc.write_json(path, data, indent=1)
     return path
 
 
@@ -179,7 +174,7 @@ def load_rows(folder: str) -> dict:
         raise UsageError(f"--report-only {folder!r}: no such folder")
     if not os.path.isfile(path):
         raise UsageError(f"--report-only {folder!r}: no {ROWS_FILE} there (is it a kbench.compare output folder?)")
-    data = _load_json(path)
+    data = subproc.read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise UsageError(f"{path!r} is not a kbench.compare rows file")
     if data.get("format", 0) > ROWS_FORMAT:
@@ -198,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                "`-- --trainer.max_epochs 1 --data.root data/cifar10`. "
                "`--parity [ARGS]` hands ARGS to `kbench.parity` instead.")
     p.add_argument("--config", help="kbench YAML config run on every backend")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: jax,tensorflow,torch (default all)")
+    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated: {','.join(BACKENDS)} (default all)")
     p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or an explicit list 0,5,7 (default 3)")
     p.add_argument("--output", help="output folder (default runs/compare-<config>-<timestamp>); "
                                     "with --report-only, where the rebuilt report goes")

@@ -12,88 +12,33 @@ report needs nothing but the rows.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import json
 import os
-import platform
-import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
-from kbench import cpu_name
-from kbench.compare.run import _error_line, log_tail
-
-# Distributions whose versions go into the environment fingerprint (first installed name wins).
-PACKAGES = {
-    "keras": ["keras"],
-    "jax": ["jax"],
-    "jaxlib": ["jaxlib"],
-    "tensorflow": ["tensorflow", "tensorflow-cpu"],
-    "torch": ["torch"],
-    "numpy": ["numpy"],
-    "opencv": ["opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
-               "opencv-contrib-python"],
-    "matplotlib": ["matplotlib"],
-    "kbench": ["kbench"],
-}
-
-
-# ------------------------------------------------------------------ environment
-def _memory_gib() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 2**20
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _gpus() -> list[str]:
-    try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions (``importlib.metadata``, nothing imported) of keras, jax,
-    jaxlib, tensorflow, torch, numpy, opencv, matplotlib and kbench; ``None`` where
-    not installed."""
-    out: dict[str, str | None] = {}
-    for key, dists in PACKAGES.items():
-        out[key] = None
-        for d in dists:
-            try:
-                out[key] = importlib.metadata.version(d)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return out
+from kbench import PRECISION_DTYPES, host, subproc
 
 
 def environment() -> dict:
-    """The machine fingerprint of this process: CPU model, logical cores, memory
-    (GiB), GPUs (``nvidia-smi``), OS, python and :func:`package_versions`."""
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": _memory_gib(), "gpus": _gpus(),
-            "os": platform.platform(), "python": platform.python_version(), "packages": package_versions()}
+    """The machine fingerprint of this process (from :func:`kbench.host.environment`, no
+    backend imported): CPU model, logical cores, memory (GiB), GPUs (``nvidia-smi``),
+    OS, python and the installed versions of :data:`kbench.host.PACKAGES`."""
+    env = host.environment()
+    return {k: env[k] for k in ("cpu", "cores", "memory_gib", "gpus", "os", "python", "packages")}
 
 
 # ------------------------------------------------------------------ FLOPs and peak
-PROBE_MARK = "KBENCH_PROBE_JSON "
-DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-PROBE_SCRIPT = "import sys; from kbench.compare.env import probe_main; probe_main(sys.argv[1])"
+PROBE_SCRIPT = "import sys; from kbench.compare.env import probe_main; probe_main(sys.argv[1], sys.argv[2])"
 
 
-def probe_main(jobs_json: str) -> None:
+def probe_main(jobs_json: str, out_path: str) -> None:
     """Body of a probe subprocess (the backend is this process's ``KERAS_BACKEND``):
     for ``{"dtypes": [...], "models": {key: [backbone, image_size, head, num_classes]}}``
-    print one line ``KBENCH_PROBE_JSON {"peaks": {dtype: kbench.perf.machine_peak(dtype)},
-    "flops": {key: {"inference_per_image", "train_per_image"}}, "errors": {...}}``.
-    Failures are reported in ``errors``, never raised."""
+    write ``{"peaks": {dtype: kbench.perf.machine_peak(dtype)}, "flops": {key:
+    {"inference_per_image", "train_per_image"}}, "errors": {...}}`` as JSON to
+    ``out_path``. Failures are reported in ``errors``, never raised."""
     jobs = json.loads(jobs_json)
     out: dict = {"peaks": {}, "flops": {}, "errors": {}}
     try:
@@ -114,26 +59,30 @@ def probe_main(jobs_json: str) -> None:
                 "train_per_image": float(perf.model_flops_per_image(backbone, int(size), True, **kw))}
         except Exception as e:  # noqa: BLE001
             out["errors"][f"flops {key}"] = f"{type(e).__name__}: {e}"
-    print(PROBE_MARK + json.dumps(out, default=str), flush=True)
+    subproc.write_json(out_path, out)
 
 
 def run_probe(backend: str, dtypes: Sequence[str], models: dict, log: str, timeout_s: float = 900) -> dict:
-    """Run :func:`probe_main` in a subprocess with ``KERAS_BACKEND=backend`` (output
-    logged to ``log``) and return its result; on failure ``{"errors": {"probe": ...}}``."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    """Run :func:`probe_main` in a subprocess on ``backend`` (:func:`kbench.subproc.run_logged`,
+    output logged to ``log``) and return its result; on failure ``{"errors": {"probe": ...}}``."""
     jobs = json.dumps({"dtypes": list(dtypes), "models": models})
-    try:
-        r = subprocess.run([sys.executable, "-c", PROBE_SCRIPT, jobs], capture_output=True, text=True, env=env,
-                           timeout=timeout_s, errors="replace")
-        text, code = r.stdout + r.stderr, r.returncode
-    except subprocess.TimeoutExpired as e:
-        text, code = f"{e.stdout or ''}{e.stderr or ''}\nprobe timed out after {timeout_s:g} s", None
-    with open(log, "w") as f:
-        f.write(f"$ KERAS_BACKEND={backend} python -c {PROBE_SCRIPT!r} {jobs}\n{text}")
-    for line in reversed(text.splitlines()):
-        if line.startswith(PROBE_MARK):
-            return json.loads(line[len(PROBE_MARK):])
-    return {"peaks": {}, "flops": {}, "errors": {"probe": f"exit code {code}: {_error_line(log_tail(log))}"}}
+    with tempfile.TemporaryDirectory(prefix="kbench-probe-") as tmp:
+        result = os.path.join(tmp, "probe.json")
+        done = subproc.run_logged([sys.executable, "-c", PROBE_SCRIPT, jobs, result], log,
+                                  env=subproc.backend_env(backend), timeout=timeout_s,
+                                  header=f"$ KERAS_BACKEND={backend} python -c {PROBE_SCRIPT!r} {jobs}\n",
+                                  timeout_note=f"\nprobe timed out after {timeout_s:g} s\n")
+        out = subproc.read_json(result)
+    if isinstance(out, dict):
+        return out
+    code = None if done.timed_out else done.returncode
+    why = subproc.error_line(subproc.log_tail(log))
+    return {"peaks": {}, "flops": {}, "errors": {"probe": f"exit code {code}: {why}"}}
+
+
+def _dtype_of(row: dict) -> str:
+    """The compute dtype of a row's precision (``float32`` when unknown)."""
+    return PRECISION_DTYPES.get((row["results"] or {}).get("precision"), "float32")
 
 
 def _model_of(row: dict, out_dir: str) -> list | None:
@@ -177,7 +126,7 @@ def annotate_compute(rows: list[dict], out_dir: str, timeout_s: float = 900) -> 
             models["|".join(map(str, m))] = m
     dtypes: dict[str, set] = {}
     for r in todo:
-        dtypes.setdefault(r["backend"], set()).add(DTYPES.get((r["results"] or {}).get("precision"), "float32"))
+        dtypes.setdefault(r["backend"], set()).add(_dtype_of(r))
     probes = {}
     for i, (b, ds) in enumerate(dtypes.items()):
         log = os.path.join(out_dir, "logs", f"probe-{b}.log")
@@ -194,7 +143,7 @@ def annotate_compute(rows: list[dict], out_dir: str, timeout_s: float = 900) -> 
                       "model": dict(zip(("backbone", "image_size", "head", "num_classes"), m or [])),
                       "source": "kbench.perf.model_flops_per_image (analytic count; training = 3 x forward)",
                       "error": err}
-        dtype = DTYPES.get((r["results"] or {}).get("precision"), "float32")
+        dtype = _dtype_of(r)
         by_backend = {b: (p.get("peaks", {}).get(dtype) or {}).get("gflops") for b, p in probes.items()}
         known = {b: g for b, g in by_backend.items() if g}
         best = max(known, key=known.get) if known else None

@@ -10,20 +10,17 @@ here.
 from __future__ import annotations
 
 import csv
-import json
 import os
-import re
 import shlex
-import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Sequence
 
 from rich.console import Console
 
-LOG_TAIL_LINES = 15
+from kbench import subproc
+
+#: Seconds a run has to write its checkpoint and results after SIGTERM (timeout) or Ctrl-C.
+STOP_GRACE_S = 120
 
 console = Console() if Console().is_terminal else Console(width=120)
 
@@ -47,28 +44,6 @@ def read_metrics(path: str) -> list[dict]:
     return rows
 
 
-def log_tail(path: str, n: int = LOG_TAIL_LINES) -> str:
-    """The last ``n`` non-empty lines of a text file ('' when it cannot be read)."""
-    try:
-        with open(path, errors="replace") as f:
-            lines = [line.rstrip() for line in f if line.strip()]
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-ERROR_LINE = re.compile(r"^(error:|[\w.]+(Error|Exception|Interrupt|Exit)\b)")
-
-
-def _error_line(tail: str) -> str:
-    """The most telling line of a log tail: the last ``error: ...`` line or exception
-    line (``ValueError: ...``), else the last line."""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    if not lines:
-        return "(empty log)"
-    return next((line for line in reversed(lines) if ERROR_LINE.match(line)), lines[-1])
-
-
 def _run_dirs(root: str) -> dict[str, float]:
     """Sub-folders of ``root`` holding a ``results.json`` -> its modification time."""
     out = {}
@@ -80,29 +55,21 @@ def _run_dirs(root: str) -> dict[str, float]:
     return out
 
 
-def _load_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def make_row(backend: str, seed: int, out_dir: str, run_dir: str | None, exit_code: int | None, log: str,
              wall_time_s: float | None, reused: bool = False) -> dict:
     """One row of ``rows.json`` from a finished run: status, error text, the whole
     ``results.json`` and the ``metrics.csv`` epochs. Paths are stored relative to
     ``out_dir``. Status: the ``results.json`` status when there is one and the exit
     code is 0 (or the run says interrupted / failed), else ``failed``."""
-    results = _load_json(os.path.join(run_dir, "results.json")) if run_dir else None
+    results = subproc.read_json(os.path.join(run_dir, "results.json")) if run_dir else None
     metrics_path = os.path.join(run_dir, "metrics.csv") if run_dir else None
     metrics = read_metrics(metrics_path) if metrics_path and os.path.isfile(metrics_path) else []
     status, error = "completed", None
-    tail = log_tail(log)
+    tail = subproc.log_tail(log)
     if results is None:
         status = "failed"
         why = f"exit code {exit_code}" if exit_code not in (0, None) else "no results.json written"
-        last = _error_line(tail)
+        last = subproc.error_line(tail)
         error = f"{why}: {last}\n--- last lines of {os.path.relpath(log, out_dir)}:\n{tail}"
     elif results.get("status") != "completed" or exit_code not in (0, None):
         status = results.get("status") if results.get("status") in ("failed", "interrupted") else "failed"
@@ -123,16 +90,24 @@ def run_command(config: str, seed: int, root: str, overrides: Sequence[str]) -> 
             "--trainer.default_root_dir", root, *overrides]
 
 
+def _completed_run(root: str) -> str | None:
+    """The newest run folder under ``root`` whose ``results.json`` says ``completed`` (``None`` if none)."""
+    done = [d for d, _ in sorted(_run_dirs(root).items(), key=lambda kv: kv[1])
+            if (subproc.read_json(os.path.join(d, "results.json")) or {}).get("status") == "completed"]
+    return done[-1] if done else None
+
+
 def run_one(config: str, backend: str, seed: int, out_dir: str, overrides: Sequence[str] = (), *,
             echo: bool = False, timeout_s: float | None = None, force: bool = False,
             env: dict | None = None) -> dict:
     """Run one backend/seed in a subprocess and return its row (see :func:`make_row`).
 
-    The child gets ``KERAS_BACKEND=backend`` and ``XLA_PYTHON_CLIENT_PREALLOCATE=false``;
+    The child gets ``KERAS_BACKEND=backend`` and the rest of
+    :func:`kbench.subproc.backend_env` (``env`` added to this process's environment);
     stdout and stderr go to ``out_dir/logs/<backend>-seed<seed>.log`` (and to this
     terminal with ``echo``). A completed earlier run in the same root is reused unless
     ``force``. After ``timeout_s`` seconds the child gets SIGTERM (it checkpoints and
-    writes an ``interrupted`` results.json), then SIGKILL 120 s later.
+    writes an ``interrupted`` results.json), then SIGKILL :data:`STOP_GRACE_S` s later.
 
     Raises:
         KeyboardInterrupt: Ctrl-C; the child (same process group) is interrupted too
@@ -142,53 +117,25 @@ def run_one(config: str, backend: str, seed: int, out_dir: str, overrides: Seque
     root = os.path.join(out_dir, "runs", tag)
     log = os.path.join(out_dir, "logs", f"{tag}.log")
     os.makedirs(os.path.dirname(log), exist_ok=True)
+    done = None if force else _completed_run(root)
+    if done:
+        return make_row(backend, seed, out_dir, done, 0, log, None, reused=True)
     before = _run_dirs(root)
-    if not force:
-        done = [d for d, _ in sorted(before.items(), key=lambda kv: kv[1])
-                if (_load_json(os.path.join(d, "results.json")) or {}).get("status") == "completed"]
-        if done:
-            return make_row(backend, seed, out_dir, done[-1], 0, log, None, reused=True)
-    child_env = {**os.environ, **(env or {}), "KERAS_BACKEND": backend, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-                 "PYTHONUNBUFFERED": "1"}
     cmd = run_command(config, seed, root, overrides)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        f.write(f"$ KERAS_BACKEND={backend} {shlex.join(cmd)}\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, text=True,
-                                errors="replace", bufsize=1)
-
-        def pump():
-            for line in proc.stdout:
-                f.write(line)
-                f.flush()
-                if echo:
-                    console.print(f"[dim]{tag}[/] {line.rstrip()}", markup=False, highlight=False)
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        interrupted = None
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            f.write(f"\n[kbench.compare] run exceeded --timeout {timeout_s:g} s: sending SIGTERM\n")
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        except KeyboardInterrupt as e:  # the child got the same SIGINT from the terminal
-            interrupted = e
-            try:
-                proc.wait(timeout=120)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
-                proc.kill()
-                proc.wait()
-        reader.join(timeout=10)
+    note = (f"\n[kbench.compare] run exceeded --timeout {timeout_s:g} s: sending SIGTERM\n"
+            if timeout_s is not None else None)
+    show = (lambda line: console.print(f"[dim]{tag}[/] {line.rstrip()}", markup=False, highlight=False)) \
+        if echo else None
+    interrupted = None
+    try:
+        finished = subproc.run_logged(cmd, log, env=subproc.backend_env(backend, env), timeout=timeout_s,
+                                      header=f"$ KERAS_BACKEND={backend} {shlex.join(cmd)}\n", on_line=show,
+                                      grace_s=STOP_GRACE_S, timeout_note=note)
+    except KeyboardInterrupt as e:  # the child got the same SIGINT from the terminal
+        interrupted, finished = e, getattr(e, "finished", None) or subproc.Finished(None, 0.0)
     new = {d: t for d, t in _run_dirs(root).items() if before.get(d) != t}
     run_dir = max(new, key=new.get) if new else None
-    row = make_row(backend, seed, out_dir, run_dir, proc.returncode, log, time.perf_counter() - t0)
+    row = make_row(backend, seed, out_dir, run_dir, finished.returncode, log, finished.wall_s)
     if interrupted is not None:
         row["status"] = "interrupted"
         interrupted.row = row

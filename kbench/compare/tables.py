@@ -14,7 +14,7 @@ import csv
 from rich import box
 from rich.table import Table
 
-from kbench.compare.summary import PLOTS, _num
+from kbench.compare.summary import PLOTS, finite_float
 
 CSV_FIELDS = ["backend", "runs", "completed", "failed", "test_accuracy_mean", "test_accuracy_std", "test_accuracy_n",
               "accuracy_delta_vs_others", "accuracy_flag", "test_loss_mean", "test_loss_std", "train_phase",
@@ -39,7 +39,7 @@ def fmt_ms(stat: dict, spec: str = ".4f") -> str:
 
 
 def _giga(v) -> float | None:
-    v = _num(v)
+    v = finite_float(v)
     return None if v is None else v / 1e9
 
 
@@ -102,10 +102,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in esc)]
 
 
-def render_markdown(summary: dict) -> str:
-    """``compare.md``: workload, accuracy, speed and memory, compute, per-phase and
-    per-run tables, failed runs with their errors, notes, environment and plots."""
-    w, env, comp = summary["workload"], summary["environment"], summary["compute"]
+def _md_header(summary: dict) -> list[str]:
+    """The title and the workload lines of ``compare.md``."""
+    w = summary["workload"]
     out = ["# kbench cross-backend comparison", ""]
     out += [f"- config: `{summary.get('config')}`" + (f", overrides `{' '.join(summary['overrides'])}`"
                                                        if summary["overrides"] else ""),
@@ -114,10 +113,15 @@ def render_markdown(summary: dict) -> str:
             f"/ {w.get('num_test')} test images, {w.get('epochs')} epoch(s)",
             f"- seeds: {', '.join(map(str, summary.get('seeds') or []))}; created {summary.get('created')}",
             f"- command: `{summary.get('command')}`" if summary.get("command") else "- command: -", ""]
-    out += ["## Accuracy", "",
-            f"Test top-1 accuracy and loss: mean ± sample std (ddof=1) over the completed seeds. "
-            f"`vs others`: the backend's mean minus the mean of the other backends' means, in points; "
-            f"FLAG beyond {summary['threshold'] * 100:g} points.", ""]
+    return out
+
+
+def _md_accuracy_speed(summary: dict) -> list[str]:
+    """The accuracy and the speed-and-memory sections of ``compare.md``."""
+    out = ["## Accuracy", "",
+           f"Test top-1 accuracy and loss: mean ± sample std (ddof=1) over the completed seeds. "
+           f"`vs others`: the backend's mean minus the mean of the other backends' means, in points; "
+           f"FLAG beyond {summary['threshold'] * 100:g} points.", ""]
     out += _md_table(["backend", "completed/runs", "test top-1", "vs others", "test loss"],
                      [[b["backend"], f"{b['completed']}/{b['runs']}", _acc_cell(b), _flag_cell(b),
                        fmt_ms(b["test_loss"]) if b["completed"] else _acc_cell(b)] for b in summary["backends"]])
@@ -134,15 +138,21 @@ def render_markdown(summary: dict) -> str:
                        fmt(b["step_time_ms_p50"]["mean"], ".1f"), fmt(b["step_time_ms_p95"]["mean"], ".1f"),
                        fmt(b["first_steps_s"]["mean"], ".2f"), fmt(b["peak_host_memory_mb"]["mean"], ".0f"),
                        fmt(b["peak_device_memory_mb"]["mean"], ".0f")] for b in summary["backends"]])
+    return out
+
+
+def _md_compute(summary: dict) -> list[str]:
+    """The compute section of ``compare.md``: FLOPs per image, GFLOP/s and MFU."""
+    comp = summary["compute"]
     peak = comp["peak_flops_per_s"]
-    per = ", ".join(f"{b} {fmt(_num(g), '.1f')}" for b, g in (comp.get("peak_gflops_by_backend") or {}).items())
-    out += ["", "## Compute", "",
-            "Achieved GFLOP/s = images/s x FLOPs per image / 1e9; MFU = achieved / machine peak. FLOPs per image: "
-            "`kbench.perf.model_flops_per_image` (analytic count of the backbone + head; training = 3 x forward). "
-            f"Machine peak: {fmt(peak / 1e9 if peak else None, '.1f')} GFLOP/s {comp.get('peak_dtype') or ''}, the "
-            f"highest measured matmul rate over the backends ({per or '-'} GFLOP/s; "
-            f"{comp.get('peak_method') or 'kbench.perf.machine_peak'}; measured {comp.get('peak_measured_at') or '-'}).",
-            ""]
+    per = ", ".join(f"{b} {fmt(finite_float(g), '.1f')}" for b, g in (comp.get("peak_gflops_by_backend") or {}).items())
+    out = ["", "## Compute", "",
+           "Achieved GFLOP/s = images/s x FLOPs per image / 1e9; MFU = achieved / machine peak. FLOPs per image: "
+           "`kbench.perf.model_flops_per_image` (analytic count of the backbone + head; training = 3 x forward). "
+           f"Machine peak: {fmt(peak / 1e9 if peak else None, '.1f')} GFLOP/s {comp.get('peak_dtype') or ''}, the "
+           f"highest measured matmul rate over the backends ({per or '-'} GFLOP/s; "
+           f"{comp.get('peak_method') or 'kbench.perf.machine_peak'}; measured {comp.get('peak_measured_at') or '-'}).",
+           ""]
     out += _md_table(["model", "GFLOPs/image inference", "GFLOPs/image training"],
                      [[k, fmt(_giga((v or {}).get("inference_per_image")), ".3f"),
                        fmt(_giga((v or {}).get("train_per_image")), ".3f")]
@@ -151,6 +161,12 @@ def render_markdown(summary: dict) -> str:
                      [[b["backend"], fmt(b["train_gflops_per_s"]["mean"], ".2f"), _pct(b["train_mfu"]["mean"]),
                        fmt(b["inference_gflops_per_s"]["mean"], ".2f"), _pct(b["inference_mfu"]["mean"])]
                       for b in summary["backends"]])
+    return out
+
+
+def _md_runs(summary: dict) -> list[str]:
+    """The phases, runs, failed runs and notes sections of ``compare.md``."""
+    out = []
     if summary["phases"]:
         out += ["", "## Phases", ""]
         out += _md_table(["backend", "phase", "runs", "cache cut", "epochs", "train images/s", "step p50 ms",
@@ -173,7 +189,12 @@ def render_markdown(summary: dict) -> str:
                     f"log `{f['log']}`)", "", "```", (f["error"] or "").rstrip(), "```", ""]
     if summary["notes"]:
         out += ["", "## Notes", "", *(f"- {n}" for n in summary["notes"])]
-    out += ["", "## Environment", ""]
+    return out
+
+
+def _md_environment(env: dict) -> list[str]:
+    """The environment and plots sections of ``compare.md``."""
+    out = ["", "## Environment", ""]
     pk = env.get("packages") or {}
     out += [f"- CPU: {env.get('cpu')}, {env.get('cores')} logical cores, "
             f"{fmt(env.get('memory_gib'), '.1f')} GiB memory; GPU: {', '.join(env.get('gpus') or []) or 'none'}",
@@ -186,7 +207,16 @@ def render_markdown(summary: dict) -> str:
                    f"{info.get('precision')}; {vers}")
     out += ["", "## Plots", "", f"![learning curves]({PLOTS['curves']})", "",
             f"![throughput]({PLOTS['throughput']})", "", f"![test accuracy]({PLOTS['accuracy']})", ""]
-    return "\n".join(out)
+    return out
+
+
+def render_markdown(summary: dict) -> str:
+    """``compare.md``: workload, accuracy, speed and memory, compute, per-phase and
+    per-run tables, failed runs with their errors, notes, environment and plots."""
+    out = _md_header(summary) + _md_accuracy_speed(summary) + _md_compute(summary) + _md_runs(summary)
+    return "\n".join(out + _md_environment(summary["environment"]))
+
+
 
 
 def csv_rows(summary: dict) -> list[dict]:

@@ -58,10 +58,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,12 +67,15 @@ from pathlib import Path
 
 import numpy as np
 
+from kbench import BACKENDS, KbenchError, host, subproc
+from kbench import PRECISIONS as ALL_PRECISIONS
+from kbench.models.registry import BACKBONES, HEADS, check_input_size, get_spec
 from kbench.parity.numeric import TOLERANCES, compare_results, tolerances_for
 from kbench.parity.report import print_table, render_markdown
-from kbench.parity.worker import _worker
+from kbench.parity.worker import run_worker
 
-BACKENDS = ("jax", "tensorflow", "torch")
-PRECISIONS = ("float32", "mixed_bfloat16")
+#: The precisions parity checks: those with stated tolerances (:data:`TOLERANCES`).
+PRECISIONS = tuple(p for p in ALL_PRECISIONS if any(p == q for q, _ in TOLERANCES))
 DEFAULT_MODELS = "vgg16,resnet50,mobilenetv2"
 TRAIN_SCOPES = ("head", "all")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -86,38 +86,28 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------- parent
-def _error_line(stderr: str) -> str:
-    """The last meaningful stderr line (usually the exception), for the report."""
-    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln or ln.startswith(("kbench.", "KbenchError")):
-            return ln[:400]
-    return lines[-1][:400] if lines else "no output"
-
-
-def _run_backend(backend_name: str, job: dict, timeout: float) -> dict:
-    """Run :func:`_worker` for one backend in a subprocess; returns its meta dict and
-    arrays (``"arrays"``), or ``{"error": str, "stderr_tail": str}``."""
-    if importlib.util.find_spec(backend_name) is None:
+def run_backend(backend_name: str, job: dict, timeout: float) -> dict:
+    """Run :func:`kbench.parity.worker.run_worker` for one backend in a subprocess
+    (:func:`kbench.subproc.run_logged`, output logged to ``<work>/<backend>.log``);
+    returns its meta dict and arrays (``"arrays"``), or ``{"error": str}`` (with
+    ``"stderr_tail"``, the end of its output, when it ran and failed)."""
+    if not host.is_installed(backend_name):
         return {"error": f"backend {backend_name!r} is not installed (no module {backend_name!r})"}
     work = Path(job["work"])
     job_path = work / f"job_{backend_name}.json"
     job_path.write_text(json.dumps(job))
-    env = {**os.environ, "KERAS_BACKEND": backend_name, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    t0 = time.perf_counter()
-    try:
-        r = subprocess.run([sys.executable, "-m", "kbench.parity", "--worker", str(job_path)], env=env,
-                           capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    log = work / f"{backend_name}.log"
+    done = subproc.run_logged([sys.executable, "-m", "kbench.parity", "--worker", str(job_path)], str(log),
+                              env=subproc.backend_env(backend_name), timeout=timeout)
+    if done.timed_out:
         return {"error": f"timed out after {timeout:.0f} s"}
-    wall = time.perf_counter() - t0
-    if r.returncode != 0 or not (work / f"{backend_name}.npz").exists():
-        return {"error": f"exit {r.returncode}: {_error_line(r.stderr)}", "stderr_tail": r.stderr[-3000:]}
+    if done.returncode != 0 or not (work / f"{backend_name}.npz").exists():
+        text = log.read_text(errors="replace") if log.exists() else (done.error or "")
+        return {"error": f"exit {done.returncode}: {subproc.error_line(text)}", "stderr_tail": text[-3000:]}
     meta = json.loads((work / f"{backend_name}.json").read_text())
     with np.load(work / f"{backend_name}.npz") as z:
         meta["arrays"] = {k: z[k] for k in z.files}
-    meta["wall_s"] = round(wall, 1)
+    meta["wall_s"] = round(done.wall_s, 1)
     return meta
 
 
@@ -142,7 +132,7 @@ def run_model(model: str, image_size: int, backends: list[str], settings: dict, 
         for b in backends:
             job = {**settings, "model": model, "image_size": image_size, "work": work, "save_weights": not saved}
             log(f"[parity] {model} on {b}{' (builds and saves the initial weights)' if not saved else ''} ...")
-            res = _run_backend(b, job, timeout)
+            res = run_backend(b, job, timeout)
             results[b] = res
             if "error" in res:
                 log(f"[parity] {model} on {b}: FAILED: {res['error']}")
@@ -191,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kbench.parity",
                                 description="Numerical parity of kbench models across Keras backends.")
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated registry names, or 'all'")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: jax, tensorflow, torch")
-    p.add_argument("--precision", default="float32", help="float32 or mixed_bfloat16")
+    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated: {', '.join(BACKENDS)}")
+    p.add_argument("--precision", default="float32", help=f"one of: {', '.join(PRECISIONS)}")
     p.add_argument("--output", default=None, help="output folder (default parity-<timestamp>/)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input side in px (default: the registry minimum of each model, 32 or 71)")
@@ -211,8 +201,72 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(args) -> tuple[list[str], list[str], dict[str, int], bool | str]:
+    """Validate parsed arguments; returns ``(models, backends, image size per model, jit_compile)``.
+
+    Raises:
+        UsageError, KbenchError: unknown model, backend, precision or head, a bad
+            number, or an image size below a model's minimum.
+    """
+    models = _parse_list(args.models, list(BACKBONES), "model", allow_all=True)
+    backends = _parse_list(args.backends, BACKENDS, "backend")
+    if args.precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {args.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if args.head not in HEADS:
+        raise UsageError(f"unknown head {args.head!r}; valid: {', '.join(HEADS)}")
+    if args.head == "article":
+        raise UsageError("head 'article' ends in softmax (no logits); use gap, flatten or mlp")
+    jit = {"auto": "auto", "true": True, "false": False}.get(str(args.jit_compile).lower())
+    if jit is None:
+        raise UsageError(f"--jit-compile {args.jit_compile!r}; valid: auto, true, false")
+    if args.batch_size < 1 or args.steps < 0 or args.num_classes < 2:
+        raise UsageError("--batch-size must be >= 1, --steps >= 0 and --num-classes >= 2")
+    sizes = {}
+    for m in models:
+        spec = get_spec(m)
+        sizes[m] = args.image_size or max(spec.min_size, 32)
+        check_input_size(spec, sizes[m])
+    return models, backends, sizes, jit
+
+
+def _run_all(args, argv: list[str], models: list[str], backends: list[str], sizes: dict, jit) -> dict:
+    """Run every model on every backend, writing ``parity.json`` and ``parity.md`` to
+    ``--output`` after each model (partial results survive); returns the report."""
+    out = Path(args.output or f"parity-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"precision": args.precision, "batch_size": args.batch_size, "num_classes": args.num_classes,
+                "steps": args.steps, "learning_rate": args.learning_rate, "head": args.head, "jit_compile": jit,
+                "train": args.train,
+                "seed": args.seed}
+    command = "python -m kbench.parity " + " ".join(a for a in argv if a != "--parity")
+    env = host.environment()
+    report = {
+        "command": command.strip(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{env['cpu']}, {env['cores']} cores",
+        "settings": settings,
+        "tolerances": {f"{p} {d}": asdict(t) for (p, d), t in TOLERANCES.items() if p == args.precision},
+        "models": [],
+    }
+    t0 = time.perf_counter()
+    for m in models:
+        report["models"].append(run_model(m, sizes[m], backends, settings, args.timeout,
+                                          log=lambda s: print(s, file=sys.stderr, flush=True)))
+        report["versions"] = {k: v for r in report["models"] for b in r["backends"].values()
+                              for k, v in (b.get("versions") or {}).items()}
+        report["total_s"] = round(time.perf_counter() - t0, 1)
+        subproc.write_json(str(out / "parity.json"), report, indent=1)
+        (out / "parity.md").write_text(render_markdown(report))
+    print_table(report)
+    print(f"wrote {out / 'parity.json'} and {out / 'parity.md'}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the parity check and write ``parity.json`` and ``parity.md`` to ``--output``.
+
+    The parent imports no keras (only the worker subprocesses do), so it runs in a
+    venv holding any single backend.
 
     Returns:
         0 when every model/backend pair passes, 1 when a pair fails or a backend run
@@ -226,60 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse already printed its message
         return EXIT_USAGE if e.code else EXIT_OK
     if args.worker:
-        _worker(args.worker)
+        run_worker(args.worker)
         return EXIT_OK
-    from kbench import KbenchError, backend
-    from kbench.models.transfer import BACKBONES, HEADS, check_input_size, get_spec
-
     try:
-        models = _parse_list(args.models, list(BACKBONES), "model", allow_all=True)
-        backends = _parse_list(args.backends, BACKENDS, "backend")
-        if args.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {args.precision!r}; valid: {', '.join(PRECISIONS)}")
-        if args.head not in HEADS:
-            raise UsageError(f"unknown head {args.head!r}; valid: {', '.join(HEADS)}")
-        if args.head == "article":
-            raise UsageError("head 'article' ends in softmax (no logits); use gap, flatten or mlp")
-        jit = {"auto": "auto", "true": True, "false": False}.get(str(args.jit_compile).lower())
-        if jit is None:
-            raise UsageError(f"--jit-compile {args.jit_compile!r}; valid: auto, true, false")
-        if args.batch_size < 1 or args.steps < 0 or args.num_classes < 2:
-            raise UsageError("--batch-size must be >= 1, --steps >= 0 and --num-classes >= 2")
-        sizes = {}
-        for m in models:
-            spec = get_spec(m)
-            sizes[m] = args.image_size or max(spec.min_size, 32)
-            check_input_size(spec, sizes[m])
+        models, backends, sizes, jit = _check(args)
     except (UsageError, KbenchError) as e:
         print(f"kbench.parity: {e}", file=sys.stderr)
         return EXIT_USAGE
-
-    out = Path(args.output or f"parity-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {"precision": args.precision, "batch_size": args.batch_size, "num_classes": args.num_classes,
-                "steps": args.steps, "learning_rate": args.learning_rate, "head": args.head, "jit_compile": jit,
-                "train": args.train,
-                "seed": args.seed}
-    command = "python -m kbench.parity " + " ".join(a for a in argv if a != "--parity")
-    report = {
-        "command": command.strip(),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{backend.cpu_name()}, {os.cpu_count()} cores",
-        "settings": settings,
-        "tolerances": {f"{p} {d}": asdict(t) for (p, d), t in TOLERANCES.items() if p == args.precision},
-        "models": [],
-    }
-    t0 = time.perf_counter()
-    for m in models:
-        report["models"].append(run_model(m, sizes[m], backends, settings, args.timeout,
-                                          log=lambda s: print(s, file=sys.stderr, flush=True)))
-        report["versions"] = {k: v for r in report["models"] for b in r["backends"].values()
-                              for k, v in (b.get("versions") or {}).items()}
-        report["total_s"] = round(time.perf_counter() - t0, 1)
-        (out / "parity.json").write_text(json.dumps(report, indent=1))  # after every model: partial results survive
-        (out / "parity.md").write_text(render_markdown(report))
-    print_table(report)
-    print(f"wrote {out / 'parity.json'} and {out / 'parity.md'}")
+    report = _run_all(args, argv, models, backends, sizes, jit)
     ok = all(p["verdict"] == "pass" for r in report["models"] for p in r["pairs"])
     return EXIT_OK if ok else EXIT_FAIL
-

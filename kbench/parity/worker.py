@@ -1,7 +1,7 @@
 """The worker of ``python -m kbench.parity``: one model on one backend, in its own subprocess.
 
 ``python -m kbench.parity --worker JOB.json`` (started by :mod:`kbench.parity` with
-``KERAS_BACKEND`` set) runs :func:`_worker`: it builds the model, loads the shared
+``KERAS_BACKEND`` set) runs :func:`run_worker`: it builds the model, loads the shared
 initial weights, fingerprints them, and writes the logits, loss, head gradients and
 training-step losses of the fixed batch for the parent to compare.
 """
@@ -29,7 +29,42 @@ def _fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def _worker(job_path: str) -> None:
+def _build(job: dict, work: Path):
+    """Build the job's model in inference mode, save (first backend) and load the shared
+    initial weights; returns ``(transfer model, composed keras model, weights fingerprint)``."""
+    import keras
+
+    from kbench import backend
+    from kbench.models.transfer import build_model
+
+    backend.prepare_environment()
+    backend.seed_everything(job["seed"], deterministic=True)
+    keras.config.set_dtype_policy(job["precision"])
+    tm = build_model(job["model"], "none", job["image_size"], job["head"], 0.0, "auto", job["num_classes"])
+    model = tm.compose(base_training=False)
+    weights = work / "init.weights.h5"
+    if job["save_weights"]:
+        model.save_weights(weights)
+    model.load_weights(weights)
+    return tm, model, _fingerprint(model)
+
+
+def _train_steps(job: dict, tm, model, loss_fn, x, y) -> np.ndarray:
+    """The losses of ``job["steps"]`` SGD steps on the fixed batch, float32 ``(steps,)``."""
+    import keras
+
+    if job.get("train", "head") == "head":
+        tm.base.trainable = False  # feature extraction: only the head's variables change
+    model.compile(optimizer=keras.optimizers.SGD(job["learning_rate"]), loss=loss_fn,
+                  jit_compile=job["jit_compile"])
+    steps = []
+    for _ in range(job["steps"]):
+        model.reset_metrics()  # the loss tracker is a running mean across calls otherwise
+        steps.append(float(model.train_on_batch(x, y, return_dict=True)["loss"]))
+    return np.asarray(steps, np.float32)
+
+
+def run_worker(job_path: str) -> None:
     """Subprocess body: one model on the backend given by ``KERAS_BACKEND``.
 
     Reads the job JSON (model, image size, head, precision, paths...), writes
@@ -41,19 +76,9 @@ def _worker(job_path: str) -> None:
     import keras
 
     from kbench import backend
-    from kbench.models.transfer import build_model
 
     t0 = time.perf_counter()
-    backend.prepare_environment()
-    backend.seed_everything(job["seed"], deterministic=True)
-    keras.config.set_dtype_policy(job["precision"])
-    tm = build_model(job["model"], "none", job["image_size"], job["head"], 0.0, "auto", job["num_classes"])
-    model = tm.compose(base_training=False)
-    weights = work / "init.weights.h5"
-    if job["save_weights"]:
-        model.save_weights(weights)
-    model.load_weights(weights)
-    fingerprint = _fingerprint(model)
+    tm, model, fingerprint = _build(job, work)
     t_build = time.perf_counter() - t0
 
     batch = np.load(work / "batch.npz")
@@ -71,15 +96,7 @@ def _worker(job_path: str) -> None:
     t_eval = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if job.get("train", "head") == "head":
-        tm.base.trainable = False  # feature extraction: only the head's variables change
-    model.compile(optimizer=keras.optimizers.SGD(job["learning_rate"]), loss=loss_fn,
-                  jit_compile=job["jit_compile"])
-    steps = []
-    for _ in range(job["steps"]):
-        model.reset_metrics()  # the loss tracker is a running mean across calls otherwise
-        steps.append(float(model.train_on_batch(x, y, return_dict=True)["loss"]))
-    out["step_losses"] = np.asarray(steps, np.float32)
+    out["step_losses"] = _train_steps(job, tm, model, loss_fn, x, y)
     t_train = time.perf_counter() - t0
 
     name = backend.name()

@@ -145,7 +145,7 @@ def test_failed_backend_is_reported_and_others_still_compared(monkeypatch):
         return {"arrays": outs[name], "fingerprint": "f", "device": "cpu", "seconds": {}, "wall_s": 0.0,
                 "versions": {name: "1"}}
 
-    monkeypatch.setattr(parity, "_run_backend", fake_run)
+    monkeypatch.setattr(parity, "run_backend", fake_run)
     settings = {"seed": 0, "batch_size": 2, "num_classes": 10, "precision": "float32"}
     r = parity.run_model("tiny", 32, ["jax", "tensorflow", "torch"], settings, 10, log=lambda s: None)
     verdicts = {(p["a"], p["b"]): p for p in r["pairs"]}
@@ -158,7 +158,7 @@ def test_failed_backend_is_reported_and_others_still_compared(monkeypatch):
     def fake_run_fp(name, job, timeout):
         return {**fake_run(name, job, timeout), "fingerprint": name}
 
-    monkeypatch.setattr(parity, "_run_backend", fake_run_fp)
+    monkeypatch.setattr(parity, "run_backend", fake_run_fp)
     r = parity.run_model("tiny", 32, ["jax", "tensorflow"], settings, 10, log=lambda s: None)
     assert r["pairs"][0]["verdict"] == "fail" and "fingerprints differ" in r["pairs"][0]["error"]
 
