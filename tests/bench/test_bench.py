@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import keras
 import pytest
 
-from kbench import perf
+from kbench import host, perf
 from kbench.bench import cli as bench
 from kbench.bench import measure as bench_measure
 from kbench.bench import report as bench_report
@@ -196,6 +197,29 @@ def test_failed_backend_is_recorded_and_reported(tmp_path):
     assert data["backends"][keras.backend.backend()]["status"] == "failed"
     assert data["environment"]["versions"]["keras"] == keras.__version__
     assert "failed" in (out / "bench.md").read_text() and (out / "bench.csv").exists()
+
+
+def test_crashed_worker_error_is_its_exception_line(tmp_path, monkeypatch):
+    """A worker that dies: its last exception line is the error of the backend and of every row."""
+    crash = "import sys; print('[bench] starting'); print('Traceback ...\\nRuntimeError: boom', file=sys.stderr); " \
+            "sys.exit(3)"
+    monkeypatch.setattr(bench, "_worker_argv", lambda *a: [sys.executable, "-c", crash])
+    echoed = []
+    args = bench.parse_args(["--models", "mobilenetv3small", "--image-size", "32", "--modes", "inference,train",
+                             "--backends", "torch"])
+    rows, info = bench.run_backend(args, "torch", str(tmp_path), echo=echoed.append)
+    assert info["status"] == "failed" and info["returncode"] == 3
+    assert info["error"] == "worker exited with status 3: RuntimeError: boom"
+    assert [(r["mode"], r["status"], r["error"]) for r in rows] == [("inference", "failed", info["error"]),
+                                                                     ("train", "failed", info["error"])]
+    assert echoed == ["[bench] starting"] and (tmp_path / "logs" / "torch.log").read_text().count("boom") == 1
+
+
+def test_environment_keeps_the_bench_json_keys():
+    env = bench.environment()
+    assert list(env) == ["cpu", "cores", "load_average_at_start", "platform", "kbench", "versions"]
+    assert list(env["versions"]) == ["python", "keras", "jax", "jaxlib", "tensorflow", "torch", "numpy", "opencv"]
+    assert env["versions"]["keras"] == keras.__version__ and env["cpu"] == host.cpu_name()
 
 
 @pytest.mark.slow

@@ -337,6 +337,21 @@ def test_annotate_compute_takes_the_best_peak(tmp_path, monkeypatch):
     assert rows[2]["flops"] is None and rows[2]["peak"] is None  # failed rows untouched
 
 
+def test_failed_probe_reports_its_error_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_env, "PROBE_SCRIPT", "import sys; print('working'); sys.exit('error: probe died')")
+    log = tmp_path / "probe-torch.log"
+    out = compare_env.run_probe("torch", ["float32"], {}, str(log), timeout_s=300)
+    assert out == {"peaks": {}, "flops": {}, "errors": {"probe": "exit code 1: error: probe died"}}
+    assert log.read_text().startswith("$ KERAS_BACKEND=torch python -c ") and "working" in log.read_text()
+
+
+def test_environment_keeps_the_rows_json_keys():
+    env = compare_env.environment()
+    assert list(env) == ["cpu", "cores", "memory_gib", "gpus", "os", "python", "packages"]
+    assert list(env["packages"]) == ["keras", "jax", "jaxlib", "tensorflow", "torch", "numpy", "opencv", "matplotlib",
+                                     "kbench"]
+
+
 def _seed_peak(cache_dir) -> bool:
     """Store a float32 peak of 123 GFLOP/s for this backend where kbench.perf looks it up."""
     try:

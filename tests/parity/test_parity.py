@@ -163,6 +163,16 @@ def test_failed_backend_is_reported_and_others_still_compared(monkeypatch):
     assert r["pairs"][0]["verdict"] == "fail" and "fingerprints differ" in r["pairs"][0]["error"]
 
 
+def test_crashed_worker_is_reported_with_its_exception_line(tmp_path):
+    """A worker that fails (unknown backbone in its job): the error names the exception, the log is kept."""
+    b = backend.name()
+    job = {"work": str(tmp_path), "model": "nope", "image_size": 32, "seed": 0, "precision": "float32", "head": "gap",
+           "num_classes": 10, "save_weights": True}
+    res = parity.run_backend(b, job, 600)
+    assert res["error"].startswith("exit 1: kbench.KbenchError: unknown backbone 'nope'"), res
+    assert "Traceback" in res["stderr_tail"] and (tmp_path / f"{b}.log").exists()
+
+
 # --------------------------------------------------------------------------- command line
 @pytest.mark.parametrize("args, needle", [
     (["--models", "vgg16,nope"], "unknown model nope; valid: vgg16, vgg19"),
