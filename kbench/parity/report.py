@@ -63,7 +63,7 @@ def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    short = {"tensorflow": "tf", "torch": "torch", "jax": "jax"}
+    short = {"tensorflow": "tf"}  # the other backend names are short already
     table = Table(title=f"Backend parity ({report['settings']['precision']}; rel = max|a-b| / max|a|,|b|)")
     for col in ("model", "pair", "verdict", "worst (rel / tol)", "logits", "loss", "grads", "steps"):
         table.add_column(col, no_wrap=col != "worst (rel / tol)")
