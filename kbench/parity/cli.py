@@ -69,7 +69,8 @@ import numpy as np
 
 from kbench import BACKENDS, KbenchError, host, subproc
 from kbench import PRECISIONS as ALL_PRECISIONS
-from kbench.models.registry import BACKBONES, HEADS, check_input_size, get_spec
+from kbench.models.heads import HEADS
+from kbench.models.registry import BACKBONES, check_input_size, get_spec
 from kbench.parity.numeric import TOLERANCES, compare_results, tolerances_for
 from kbench.parity.report import print_table, render_markdown
 from kbench.parity.worker import run_worker
