@@ -14,8 +14,9 @@ import time
 import keras
 import numpy as np
 
-from kbench.data.module import BatchSequence, DataModule
-from kbench.models.transfer import TransferModel
+from kbench.data import BatchSequence, DataModule
+from kbench.models import TransferModel
+from kbench.trainer.loop import LoopTools
 
 
 class FeatureCache:
@@ -27,11 +28,11 @@ class FeatureCache:
 
     Args:
         model, datamodule: what the features are computed from.
-        trainer: the :class:`~kbench.trainer.Trainer` (batch limits, progress callbacks).
+        tools: the trainer's :class:`~kbench.trainer.loop.LoopTools` (batch limits, progress callbacks).
     """
 
-    def __init__(self, model: TransferModel, datamodule: DataModule, trainer):
-        self.tm, self.dm, self.trainer = model, datamodule, trainer
+    def __init__(self, model: TransferModel, datamodule: DataModule, tools: LoopTools):
+        self.tm, self.dm, self.tools = model, datamodule, tools
         self.store: dict[tuple[str, str], np.ndarray] = {}
         self.root_cut: str | None = None
         self.seconds = 0.0
@@ -56,7 +57,7 @@ class FeatureCache:
         if key in self.store:
             return self.store[key]
         root = self.root_cut if self.root_cut and self._index(self.root_cut) <= self._index(cut) else cut
-        limit = self.trainer._limit(split)
+        limit = self.tools.limit(split)
         if root == cut:
             prefix, _ = self.tm.split(cut)
             seq = self.dm.loader(split, self.tm.image_size, limit_batches=limit)
@@ -64,7 +65,7 @@ class FeatureCache:
             src = self._get(split, root)
             prefix = keras.Model(self.tm.base.get_layer(root).output, self.tm.base.get_layer(cut).output)
             seq = BatchSequence(src, np.zeros(len(src), np.int32), self.dm.batch_size, None)
-        bar = self.trainer._progress(f"cache {cut} ({split})")
+        bar = self.tools.callbacks(f"cache {cut} ({split})")
         feats = prefix.predict(seq, verbose=0, callbacks=bar)
         self.store[key] = np.asarray(feats, dtype=np.float32)
         return self.store[key]
