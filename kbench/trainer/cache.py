@@ -4,7 +4,9 @@ When the bottom of the network is frozen (its BatchNormalization in inference
 mode) and the input pipeline has no random augmentation, the output of the
 frozen prefix is computed once per split and the rest of the network is
 trained on it. The shallowest cut any phase needs is computed from images;
-deeper cuts are derived from it by running only the layers in between.
+deeper cuts are derived from it by running only the layers in between. Features
+that a phase made stale (it trained layers of their prefix) are dropped after it
+and recomputed if a later phase needs them, so any order of phases is exact.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ class FeatureCache:
     def plan(self, cuts: list[str]) -> None:
         """Declare the cuts the run will need; the shallowest is computed from images."""
         self.root_cut = min(cuts, key=self._index) if cuts else None
+
+    def invalidate_from(self, index: int) -> None:
+        """Forget the features whose prefix reaches base layer ``index`` or above: call
+        after a phase that trained the layers from ``index`` up (they are stale now;
+        :meth:`get` recomputes them from images when a later phase needs them)."""
+        self.store = {key: v for key, v in self.store.items() if self._index(key[1]) < index}
 
     def get(self, split: str, cut: str) -> np.ndarray:
         """Features of ``split`` at the output of base layer ``cut``; adds the time

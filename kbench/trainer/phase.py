@@ -6,7 +6,8 @@ phase's lowest trainable layer, or images end to end), compiles a fresh
 optimizer (or restores a checkpoint's), runs ``Model.fit`` over the phase's
 epochs (numbered on from the run's epoch count; a resumed position checkpoint's
 epoch is finished first with its remaining batches), audits that every frozen
-variable is bit-identical afterwards and returns the phase's ``results.json`` row.
+variable is bit-identical afterwards, drops the cached features the phase made
+stale, and returns the phase's ``results.json`` row.
 
 A class rather than one function because the phase's checkpoint callbacks call
 back into it for the trainer state they save (:meth:`PhaseRun.epoch_state`,
@@ -24,7 +25,7 @@ import numpy as np
 
 from kbench import backend
 from kbench.data import BatchSequence
-from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, snapshot_frozen
+from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, first_trainable_index, snapshot_frozen
 from kbench.trainer import checkpoint
 from kbench.trainer.callbacks import MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
 from kbench.trainer.plan import PhasePlan
@@ -55,6 +56,7 @@ class PhaseRun:
         self.logger: MetricsLogger | None = None
         self.saver: checkpoint.EpochCheckpoint | None = None
         self.stepper: checkpoint.StepCheckpoint | None = None
+        self.first_trainable = 0  # index of the lowest backbone layer the phase trains
 
     def execute(self) -> dict:
         """Run the phase; returns its row for ``results.json`` ``phases``."""
@@ -68,6 +70,7 @@ class PhaseRun:
         self._fit(train_seq, val_seq, callbacks)
         fit_s = time.perf_counter() - t_fit
         check_frozen_unchanged(e2e, before, self.plan.phase.name)
+        self.run.cache.invalidate_from(self.first_trainable)
         self.state.epoch = self.entry_epoch + len(self.logger.rows)
         return self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s)
 
@@ -75,6 +78,7 @@ class PhaseRun:
         """Set what trains; returns the end-to-end model and (trainable, frozen) counts."""
         phase, plan = self.plan.phase, self.plan
         apply_phase(self.run.model.base, phase)
+        self.first_trainable = first_trainable_index(self.run.model.base, phase.train_base)
         e2e = self.run.model.compose(base_training=False if phase.base_inference else None)
         trainable, frozen = count_params(e2e)
         self.tools.log(f"[bold cyan]phase {phase.name}[/]: {plan.epochs} epoch(s) at learning rate "
