@@ -1,4 +1,4 @@
-"""``python -m kbench.run``: parse the config, build the parts, call the trainer.
+"""``python -m kbench.run``: parse the config, set up the process, build the parts, call the trainer.
 
 Exit status: 0 on success, 2 on a user error (bad config, missing data or
 weights, a non-finite loss: one clear message, no traceback), 130 on Ctrl-C
@@ -21,51 +21,83 @@ console = Console() if Console().is_terminal else Console(width=120)
 
 
 def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
-    """Build DataModule, TransferModel, Recipe and Trainer from ``cfg`` and fit
-    (resuming from ``cfg.resume`` when set).
+    """Set up the process, build DataModule, TransferModel, Recipe and Trainer from
+    ``cfg`` and fit (resuming from ``cfg.resume`` when set).
+
+    Order: :func:`~kbench.trainer.setup_process` first (dtype policy, backend
+    environment, seeds: they shape every model built after it), then the checks
+    that need no data (weights file, recipe, trainer settings, input size, run
+    folder), then the data, the model, and ``fit``.
 
     Args:
         callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
 
     Returns the results dict (also written to ``results.json``).
-    """
-    from kbench.data.module import DataModule
-    from kbench.models.transfer import build_model, check_weights_file, get_spec
-    from kbench.recipes import build_recipe
-    from kbench.trainer import Trainer
 
-    d, m, r, t = cfg.data, cfg.model, cfg.recipe, cfg.trainer
+    Raises:
+        KbenchError: a user error (see the module docstring).
+    """
+    from kbench.data import DataModule
+    from kbench.models import build_model
+    from kbench.trainer import setup_process
+
+    setup_process(cfg.trainer.precision, cfg.trainer.seed, cfg.trainer.deterministic)
+    spec, recipe = _model_spec_and_recipe(cfg)
+    trainer = build_trainer(cfg, callbacks)
+    dm = DataModule(**vars(cfg.data), seed=cfg.trainer.seed, progress=cfg.trainer.enable_progress_bar)
+    # cheap checks first: before any data is read or weights downloaded
+    spec.input_size(cfg.model.image_size)
+    _check_resume_or_root(cfg)
+    dm.setup()
+    model = build_model(**vars(cfg.model), num_classes=dm.num_classes, class_names=dm.class_names)
+    if not cfg.resume:
+        trainer.make_run_dir()
+    return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
+
+
+def _model_spec_and_recipe(cfg: RunConfig):
+    """The backbone's registry entry and the recipe; refuses a missing weights file
+    (even where the recipe ignores weights) and sets ``model.weights`` to ``none``
+    for a recipe that trains the architecture only."""
+    from kbench.models import check_weights_file, get_spec
+    from kbench.recipes import build_recipe
+
+    m = cfg.model
     spec = get_spec(m.backbone)
     if m.weights not in ("imagenet", "none"):
         check_weights_file(m.weights)  # a wrong path is a mistake even where it would be ignored
-    recipe = build_recipe(r, spec.unfreeze)
+    recipe = build_recipe(cfg.recipe, spec.unfreeze)
     if not recipe.pretrained and m.weights != "none":
-        console.print(f"[yellow]recipe {r.name} trains the architecture only: ignoring model.weights={m.weights!r}")
+        console.print(f"[yellow]recipe {cfg.recipe.name} trains the architecture only: ignoring "
+                      f"model.weights={m.weights!r}")
         m.weights = "none"
-    trainer = Trainer(max_epochs=t.max_epochs, max_steps=t.max_steps, limit_train_batches=t.limit_train_batches,
-                      limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
-                      fast_dev_run=t.fast_dev_run, precision=t.precision, jit_compile=t.jit_compile, seed=t.seed,
-                      deterministic=t.deterministic, default_root_dir=t.default_root_dir,
-                      name=t.name or f"{m.backbone}-{r.name}", enable_progress_bar=t.enable_progress_bar,
-                      inference_batches=t.inference_batches, enable_checkpointing=t.enable_checkpointing,
-                      monitor=t.monitor, save_top_k=t.save_top_k, early_stopping_patience=t.early_stopping_patience,
-                      checkpoint_every_n_steps=t.checkpoint_every_n_steps, callbacks=callbacks, console=console)
-    dm = DataModule(d.source, d.root, d.val_split, d.test_split, d.batch_size, t.seed, d.max_train_per_class,
-                    d.max_test_per_class, d.interpolation, d.augment, d.strict, progress=t.enable_progress_bar)
-    # cheap checks first: before any data is read or weights downloaded
-    size = spec.input_size(m.image_size)
+    return spec, recipe
+
+
+def build_trainer(cfg: RunConfig, callbacks: list | None = None):
+    """The :class:`~kbench.trainer.Trainer` of ``cfg.trainer`` (its fields are the
+    Trainer's parameters by name; run name default ``<backbone>-<recipe name>``),
+    with the process set-up left to the caller (:func:`~kbench.trainer.setup_process`).
+
+    Raises:
+        KbenchError: a trainer setting out of range.
+    """
+    from kbench.trainer import Trainer
+
+    name = cfg.trainer.name or f"{cfg.model.backbone}-{cfg.recipe.name}"
+    return Trainer(**{**vars(cfg.trainer), "name": name}, callbacks=callbacks, console=console,
+                   process_setup=False)
+
+
+def _check_resume_or_root(cfg: RunConfig) -> None:
+    """Before any work: a ``--resume`` checkpoint must be readable (not a newer
+    format); a new run's root folder must be writable."""
     if cfg.resume:
         from kbench.trainer import checkpoint
 
         checkpoint.load_state(checkpoint.find(cfg.resume))  # a newer format or no checkpoint: fail before work
     else:
-        check_writable(t.default_root_dir)
-    dm.setup()
-    model = build_model(m.backbone, m.weights, size, m.head, m.head_dropout, m.preprocess,
-                        dm.num_classes, dm.class_names, m.head_hidden)
-    if not cfg.resume:
-        trainer.make_run_dir()
-    return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
+        check_writable(cfg.trainer.default_root_dir)
 
 
 def _already_completed(path: str) -> bool:

@@ -36,8 +36,9 @@ def _extract_subset(dest: Path, train_per_class: int, test_per_class: int) -> Pa
 
 @pytest.fixture(autouse=True)
 def _float32_policy():
-    """A Trainer sets the process-wide Keras dtype policy (precision auto may pick
-    mixed_bfloat16); put float32 back so no test leaks it into the next."""
+    """kbench.trainer.setup_process (run by kbench.run and by a Trainer) sets the
+    process-wide Keras dtype policy (precision auto may pick mixed_bfloat16); put
+    float32 back so no test leaks it into the next."""
     yield
     import keras
 

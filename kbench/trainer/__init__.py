@@ -1,5 +1,8 @@
-"""Trainer: the phase loop on ``keras.Model.fit`` (:mod:`~kbench.trainer.trainer`), its
-callbacks, checkpoints and exact resume, best-epoch tracking (keras-free
+"""Trainer: process set-up (:mod:`~kbench.trainer.setup`), the phase loop on
+``keras.Model.fit`` (:mod:`~kbench.trainer.trainer`, one phase in
+:mod:`~kbench.trainer.phase`), the phase plan (:mod:`~kbench.trainer.plan`) and run
+state (:mod:`~kbench.trainer.state`) as data,
+its callbacks, checkpoints and exact resume, best-epoch tracking (keras-free
 :mod:`~kbench.trainer.best`), the frozen-prefix feature cache, evaluation and the run
 folder's results.
 
@@ -8,6 +11,16 @@ Public names resolve lazily, so importing a keras-free module here imports no ke
 
 from kbench import lazy_exports
 
-_EXPORTS = {"Trainer": "kbench.trainer.trainer", "MONITORS": "kbench.trainer.best",
-            "Recipe": "kbench.recipes.phases", "make_optimizer": "kbench.recipes.phases"}
+_EXPORTS = {
+    "Trainer": "kbench.trainer.trainer",
+    **dict.fromkeys(["check_precision", "setup_process"], "kbench.trainer.setup"),
+    **dict.fromkeys(["FitRun", "ResumePoint", "TrainerState"], "kbench.trainer.state"),
+    **dict.fromkeys(["PhasePlan", "phase_epochs", "plan_phases"], "kbench.trainer.plan"),
+    **dict.fromkeys(["MONITORS", "BestTracker"], "kbench.trainer.best"),
+    "PhaseRun": "kbench.trainer.phase",
+    "LoopTools": "kbench.trainer.loop",
+    "Evaluator": "kbench.trainer.evaluate",
+    "FeatureCache": "kbench.trainer.cache",
+    **dict.fromkeys(["Recipe", "make_optimizer"], "kbench.recipes"),
+}
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

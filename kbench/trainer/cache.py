@@ -4,7 +4,9 @@ When the bottom of the network is frozen (its BatchNormalization in inference
 mode) and the input pipeline has no random augmentation, the output of the
 frozen prefix is computed once per split and the rest of the network is
 trained on it. The shallowest cut any phase needs is computed from images;
-deeper cuts are derived from it by running only the layers in between.
+deeper cuts are derived from it by running only the layers in between. Features
+that a phase made stale (it trained layers of their prefix) are dropped after it
+and recomputed if a later phase needs them, so any order of phases is exact.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import time
 import keras
 import numpy as np
 
-from kbench.data.module import BatchSequence, DataModule
-from kbench.models.transfer import TransferModel
+from kbench.data import BatchSequence, DataModule
+from kbench.models import TransferModel
+from kbench.trainer.loop import LoopTools
 
 
 class FeatureCache:
@@ -27,11 +30,11 @@ class FeatureCache:
 
     Args:
         model, datamodule: what the features are computed from.
-        trainer: the :class:`~kbench.trainer.Trainer` (batch limits, progress callbacks).
+        tools: the trainer's :class:`~kbench.trainer.loop.LoopTools` (batch limits, progress callbacks).
     """
 
-    def __init__(self, model: TransferModel, datamodule: DataModule, trainer):
-        self.tm, self.dm, self.trainer = model, datamodule, trainer
+    def __init__(self, model: TransferModel, datamodule: DataModule, tools: LoopTools):
+        self.tm, self.dm, self.tools = model, datamodule, tools
         self.store: dict[tuple[str, str], np.ndarray] = {}
         self.root_cut: str | None = None
         self.seconds = 0.0
@@ -42,6 +45,12 @@ class FeatureCache:
     def plan(self, cuts: list[str]) -> None:
         """Declare the cuts the run will need; the shallowest is computed from images."""
         self.root_cut = min(cuts, key=self._index) if cuts else None
+
+    def invalidate_from(self, index: int) -> None:
+        """Forget the features whose prefix reaches base layer ``index`` or above: call
+        after a phase that trained the layers from ``index`` up (they are stale now;
+        :meth:`get` recomputes them from images when a later phase needs them)."""
+        self.store = {key: v for key, v in self.store.items() if self._index(key[1]) < index}
 
     def get(self, split: str, cut: str) -> np.ndarray:
         """Features of ``split`` at the output of base layer ``cut``; adds the time
@@ -56,7 +65,7 @@ class FeatureCache:
         if key in self.store:
             return self.store[key]
         root = self.root_cut if self.root_cut and self._index(self.root_cut) <= self._index(cut) else cut
-        limit = self.trainer._limit(split)
+        limit = self.tools.limit(split)
         if root == cut:
             prefix, _ = self.tm.split(cut)
             seq = self.dm.loader(split, self.tm.image_size, limit_batches=limit)
@@ -64,7 +73,7 @@ class FeatureCache:
             src = self._get(split, root)
             prefix = keras.Model(self.tm.base.get_layer(root).output, self.tm.base.get_layer(cut).output)
             seq = BatchSequence(src, np.zeros(len(src), np.int32), self.dm.batch_size, None)
-        bar = self.trainer._progress(f"cache {cut} ({split})")
+        bar = self.tools.callbacks(f"cache {cut} ({split})")
         feats = prefix.predict(seq, verbose=0, callbacks=bar)
         self.store[key] = np.asarray(feats, dtype=np.float32)
         return self.store[key]

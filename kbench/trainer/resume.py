@@ -1,10 +1,11 @@
-"""Run state for checkpoints and resume: what a :class:`~kbench.trainer.Trainer`
-stores with each checkpoint, how it picks up a run from one, restores the best
-epoch's weights, and what it writes when a signal stops it.
+"""The trainer's side of checkpoints: picking a run up from one, restoring the best
+epoch's weights for the test, and what is written when a signal or a non-finite
+loss stops a run.
 
-The checkpoint files themselves are :mod:`kbench.trainer.checkpoint`; this module is
-the trainer's side of them (a mixin, so that ``trainer.py`` stays about
-running phases).
+The checkpoint files themselves are :mod:`kbench.trainer.checkpoint`. These are
+plain functions of the :class:`~kbench.trainer.state.TrainerState` and the
+:class:`~kbench.trainer.state.FitRun` they act on (they were a mixin reading the
+trainer's private attributes), so each one's inputs are in its signature.
 """
 
 from __future__ import annotations
@@ -12,111 +13,130 @@ from __future__ import annotations
 import csv
 import os
 import signal
+from typing import Callable, NoReturn
 
-import keras
-
-from kbench import KbenchError, backend
-from kbench.data.module import DataModule
-from kbench.models.transfer import TransferModel
-from kbench.recipes.phases import Phase, Recipe
+from kbench import KbenchError
 from kbench.trainer import checkpoint
-from kbench.trainer.callbacks import CSV_FIELDS, NonFiniteLoss, TrainingInterrupted, current_lr
+from kbench.trainer.callbacks import CSV_FIELDS, NonFiniteLoss, TrainingInterrupted
 from kbench.trainer.results import write_status
+from kbench.trainer.state import FitRun, ResumePoint, TrainerState
 
 
-class RunStateMixin:
-    """Checkpoint state, resume, best-epoch restore and interrupt handling for the
-    Trainer. Uses the trainer's ``history``, ``tracker``, ``run_dir``, ``_pos``,
-    ``enable_checkpointing``, ``seed``, ``precision`` and ``_log``."""
+def find_resume_point(path: str | None) -> ResumePoint | None:
+    """The checkpoint that ``path`` (a run folder or a checkpoint folder) resumes from,
+    with its state, or None for no ``path``.
 
-    def _state(self, i: int, phase: Phase, done: int, n_epochs: int, phase_done: bool, model: TransferModel,
-               net: keras.Model, rows: list[dict], phase_info: list[dict]) -> dict:
-        """Trainer state stored with a checkpoint (see :mod:`kbench.trainer.checkpoint`)."""
-        return {"phase_index": i, "phase": phase.name, "phase_epochs_done": done, "phase_epochs": n_epochs,
-                "phase_done": phase_done, "epoch": self._pos["epoch"], "step": self._pos["step"],
-                "learning_rate": current_lr(net), "trainable_layers": [la.name for la in model.base.layers
-                                                                      if la.trainable],
-                "history": self.history + rows, "phases": phase_info, "tracker": self.tracker.to_dict(),
-                "class_names": model.class_names, "preprocess": model.preprocess.mode,
-                "backbone": model.spec.name, "image_size": model.image_size, "seed": self.seed,
-                "backend": backend.name(), "precision": self.precision}
+    Raises:
+        KbenchError: no checkpoint there, or an unreadable or newer ``state.json``.
+    """
+    if not path:
+        return None
+    ckpt = checkpoint.find(path)
+    return ResumePoint(ckpt, checkpoint.load_state(ckpt))
 
-    def _resume(self, ckpt: str, state: dict, model: TransferModel, e2e: keras.Model, datamodule: DataModule,
-                recipe: Recipe, csv_path: str) -> tuple[int, int, list[dict]]:
-        """Restore model variables, history, best-epoch tracker and ``metrics.csv`` from ``ckpt``."""
-        names = [p.name for p in recipe.phases]
-        if state.get("phase") not in names or state.get("phase_index", 99) >= len(names):
-            raise KbenchError(f"checkpoint {ckpt!r} is from phase {state.get('phase')!r}, not one of this recipe's "
-                              f"phases {names}; it belongs to another config")
-        if state.get("class_names") != datamodule.class_names:
-            raise KbenchError(f"checkpoint {ckpt!r} was trained on classes {state.get('class_names')}, the data now "
-                              f"has {datamodule.class_names}; resume with the same data")
-        checkpoint.restore_model(ckpt, e2e, state)
-        self.history = list(state["history"])
-        self.tracker.load(state["tracker"])
-        tmp = f"{csv_path}.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            w.writerows(self.history)
-        os.replace(tmp, csv_path)
-        return state["epoch"], state["step"], list(state["phases"])
 
-    def _restore_best(self, model: TransferModel, e2e: keras.Model, last_epoch: int) -> int | None:
-        """Load the best epoch's weights (by ``monitor``) if it is not the last; returns the tested epoch."""
-        best = self.tracker.best_epoch
-        if best is None or best == last_epoch:
-            return last_epoch or None
-        if self.enable_checkpointing:
-            ckpt = os.path.join(self.run_dir, checkpoint.CKPT_DIR, f"epoch-{best:04d}")
-            checkpoint.restore_model(ckpt, e2e, checkpoint.load_state(ckpt))
-        else:
-            for v, a in zip(e2e.variables, self.tracker.best_weights):
-                v.assign(a)
-        self._log(f"testing the best epoch by {self.tracker.monitor}: epoch {best} "
-                  f"({self.tracker.monitor} {self.tracker.best_value:.4f}), not the last one ({last_epoch})")
-        return best
+def restore_run(point: ResumePoint, state: TrainerState, run: FitRun) -> None:
+    """Restore the model variables, history, phase rows, best-epoch tracker and
+    ``metrics.csv`` of ``run`` from ``point``.
 
-    def _on_interrupt(self, e: TrainingInterrupted, model: TransferModel, recipe: Recipe,
-                      phase_info: list[dict]) -> None:
-        """Write ``results.json`` (status ``interrupted``) after a signal. Inside an
-        epoch the ``interrupted`` position checkpoint (resumable exactly) was
-        written by :class:`~kbench.trainer.checkpoint.StepCheckpoint`; at an epoch end the
-        epoch checkpoint; elsewhere (feature caching, testing) a snapshot of the
-        weights is written here (``interrupted-snapshot``, not resumable) and
-        ``--resume`` continues from the checkpoint ``last.json`` names."""
-        name = signal.Signals(e.signum).name
-        self._log(f"[bold red]{name} received[/]: writing checkpoint and results.json")
-        net, path = self._pos.get("net"), None
-        try:  # the checkpoint --resume will continue from (last.json), if any
-            resumable = checkpoint.find(self.run_dir)
-        except KbenchError:
-            resumable = None
-        if self.enable_checkpointing and e.where in ("train_batch", "epoch_end"):
-            # inside fit the callbacks already wrote a resumable checkpoint at this very batch or epoch end
-            path = resumable
-        elif self.enable_checkpointing:
-            i = self._pos.get("phase_index")
-            state = {"phase_index": i, "phase": recipe.phases[i].name if i is not None else None,
-                     "kind": "snapshot", "epoch": self._pos["epoch"], "step": self._pos["step"],
-                     "history": self.history, "phases": phase_info, "tracker": self.tracker.to_dict(),
-                     "class_names": model.class_names, "preprocess": model.preprocess.mode}
-            opt = net.optimizer if net is not None and net.optimizer.built else None
-            path = checkpoint.save(self.run_dir, "interrupted-snapshot", model.keras_model, opt, state)
-        resume = (f"python -m kbench.run --resume {self.run_dir}" if resumable else
-                  f"python -m kbench.run --config {os.path.join(self.run_dir, 'config.yaml')} "
-                  "(no epoch had finished: start again)")
-        write_status(self.run_dir, "interrupted", signal=name, epoch=self._pos["epoch"], step=self._pos["step"],
-                     batches_done=self._pos.get("batches_done", 0), history=self.history,
-                     interrupted_checkpoint=path, resume_from=resumable, resume=resume)
-        self._log(f"resume with: {resume}")
+    Raises:
+        KbenchError: the checkpoint belongs to another recipe, data set or model.
+    """
+    saved, ckpt = point.saved, point.ckpt
+    names = [p.name for p in run.recipe.phases]
+    if saved.get("phase") not in names or saved.get("phase_index", 99) >= len(names):
+        raise KbenchError(f"checkpoint {ckpt!r} is from phase {saved.get('phase')!r}, not one of this recipe's "
+                          f"phases {names}; it belongs to another config")
+    if saved.get("class_names") != run.datamodule.class_names:
+        raise KbenchError(f"checkpoint {ckpt!r} was trained on classes {saved.get('class_names')}, the data now "
+                          f"has {run.datamodule.class_names}; resume with the same data")
+    checkpoint.restore_model(ckpt, run.e2e, saved)
+    state.load(saved)
+    tmp = f"{run.csv_path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(state.history)
+    os.replace(tmp, run.csv_path)
 
-    def _on_non_finite(self, e: NonFiniteLoss) -> None:
-        """Mark the run failed in ``results.json`` and raise a clear error; the last
-        epoch checkpoint (written before the loss went bad) is left as it is."""
-        last = os.path.join(self.run_dir, checkpoint.CKPT_DIR)
-        msg = (f"training stopped: {e}. Nothing was saved after the last good epoch; its checkpoint is in "
-               f"{last!r}. Lower the learning rate or use --trainer.precision float32, then start again "
-               f"(or --resume {self.run_dir})")
-        write_status(self.run_dir, "failed", error=msg, epoch=self._pos["epoch"], history=self.history)
-        raise KbenchError(msg) from None
+
+def restore_best(state: TrainerState, run: FitRun, from_checkpoints: bool, log: Callable[[str], None]) -> int | None:
+    """Load the best epoch's weights (by the tracker's monitor) into ``run.e2e`` if it
+    is not the last epoch: from its checkpoint, or from the tracker's in-memory copy
+    when ``from_checkpoints`` is False. Returns the epoch that will be tested."""
+    tracker, last_epoch = state.tracker, state.epoch
+    best = tracker.best_epoch
+    if best is None or best == last_epoch:
+        return last_epoch or None
+    if from_checkpoints:
+        ckpt = os.path.join(run.run_dir, checkpoint.CKPT_DIR, f"epoch-{best:04d}")
+        checkpoint.restore_model(ckpt, run.e2e, checkpoint.load_state(ckpt))
+    else:
+        for v, a in zip(run.e2e.variables, tracker.best_weights):
+            v.assign(a)
+    log(f"testing the best epoch by {tracker.monitor}: epoch {best} "
+        f"({tracker.monitor} {tracker.best_value:.4f}), not the last one ({last_epoch})")
+    return best
+
+
+def _snapshot(state: TrainerState, run: FitRun) -> str:
+    """Write ``interrupted-snapshot`` (weights and, inside a phase, its optimizer;
+    not resumable) and return its path."""
+    i, net = state.phase_index, state.net
+    saved = {"phase_index": i, "phase": run.recipe.phases[i].name if i is not None else None,
+             "kind": "snapshot", "epoch": state.epoch, "step": state.step,
+             "history": state.history, "phases": state.phases, "tracker": state.tracker.to_dict(),
+             "class_names": run.model.class_names, "preprocess": run.model.preprocess.mode}
+    opt = net.optimizer if net is not None and net.optimizer.built else None
+    return checkpoint.save(run.run_dir, "interrupted-snapshot", run.model.keras_model, opt, saved)
+
+
+def on_interrupt(e: TrainingInterrupted, state: TrainerState, run: FitRun, checkpoints: bool,
+                 log: Callable[[str], None]) -> None:
+    """Write ``results.json`` (status ``interrupted``) after a signal. Inside an
+    epoch the ``interrupted`` position checkpoint (resumable exactly) was
+    written by :class:`~kbench.trainer.checkpoint.StepCheckpoint`; at an epoch end the
+    epoch checkpoint; elsewhere (feature caching, testing) a snapshot of the
+    weights is written here (``interrupted-snapshot``, not resumable) and
+    ``--resume`` continues from the checkpoint ``last.json`` names.
+
+    Args:
+        checkpoints: the trainer writes checkpoints (``enable_checkpointing``).
+    """
+    name = signal.Signals(e.signum).name
+    log(f"[bold red]{name} received[/]: writing checkpoint and results.json")
+    path = None
+    try:  # the checkpoint --resume will continue from (last.json), if any
+        resumable = checkpoint.find(run.run_dir)
+    except KbenchError:
+        resumable = None
+    if checkpoints and e.where in ("train_batch", "epoch_end"):
+        # inside fit the callbacks already wrote a resumable checkpoint at this very batch or epoch end
+        path = resumable
+    elif checkpoints:
+        path = _snapshot(state, run)
+    resume = (f"python -m kbench.run --resume {run.run_dir}" if resumable else
+              f"python -m kbench.run --config {os.path.join(run.run_dir, 'config.yaml')} "
+              "(no epoch had finished: start again)")
+    write_status(run.run_dir, "interrupted", signal=name, epoch=state.epoch, step=state.step,
+                 batches_done=state.batches_done, history=state.history,
+                 interrupted_checkpoint=path, resume_from=resumable, resume=resume)
+    log(f"resume with: {resume}")
+
+
+def on_non_finite(e: NonFiniteLoss, state: TrainerState, run_dir: str) -> NoReturn:
+    """Mark the run failed in ``results.json`` and raise a clear error; the last
+    epoch checkpoint (written before the loss went bad) is left as it is.
+
+    Raises:
+        KbenchError: always (the message says where the last good checkpoint is).
+    """
+    last = os.path.join(run_dir, checkpoint.CKPT_DIR)
+    msg = (f"training stopped: {e}. Nothing was saved after the last good epoch; its checkpoint is in "
+           f"{last!r}. Lower the learning rate or use --trainer.precision float32, then start again "
+           f"(or --resume {run_dir})")
+    write_status(run_dir, "failed", error=msg, epoch=state.epoch, history=state.history)
+    raise KbenchError(msg) from None
+
+
+__all__ = ["find_resume_point", "on_interrupt", "on_non_finite", "restore_best", "restore_run"]

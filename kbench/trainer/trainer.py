@@ -1,62 +1,59 @@
 """The Lightning-style :class:`Trainer`, built on ``keras.Model.compile/fit/evaluate``.
 
-``fit`` runs a recipe's phases in order. For each phase it sets what is
-trainable, prints parameter counts, recompiles, trains with ``Model.fit`` (epochs
-numbered continuously across phases), then checks that every frozen variable is
-bit-identical to its value before the phase.
+``fit`` runs a recipe's phases in order, whatever their number and order of
+train scopes: :class:`~kbench.trainer.phase.PhaseRun` runs each (sets what is
+trainable, recompiles, trains with ``Model.fit`` with epochs numbered
+continuously across phases, checks that every frozen variable is bit-identical
+afterwards); then the best epoch's weights are tested and the run folder written.
 
 Frozen-prefix cache (:mod:`kbench.trainer.cache`): a phase whose frozen bottom is in
 inference mode, without augmentation, trains ``suffix = base[cut:] + head`` on
-precomputed features; the suffix shares the end-to-end model's variables.
+precomputed features; the suffix shares the end-to-end model's variables, and the
+cut follows each phase's lowest trainable layer.
 
-Keras cannot do the per-phase bookkeeping itself (freezing, recompiling,
-feature caching), so that loop lives here; each phase's epochs are plain
-``Model.fit``.
+The trainer is composed of parts, each given what it needs: the run position in a
+:class:`~kbench.trainer.state.TrainerState`, loop helpers in
+:class:`~kbench.trainer.loop.LoopTools`, evaluation in an
+:class:`~kbench.trainer.evaluate.Evaluator`, resume and interrupt handling as
+functions in :mod:`kbench.trainer.resume`.
+
+Order of set-up: the process-wide dtype policy and seeds
+(:func:`~kbench.trainer.setup.setup_process`) must be set before the model is
+built. ``Trainer(...)`` does that itself unless ``process_setup=False``, so a
+library user builds the Trainer first, then the model; :func:`kbench.run.run`
+calls ``setup_process`` first and builds the Trainer with ``process_setup=False``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
-import keras
-import numpy as np
 from rich.console import Console
 
-from kbench import PRECISIONS, KbenchError, backend
-from kbench.data.module import BatchSequence, DataModule
-from kbench.models.transfer import TransferModel
-from kbench.recipes.phases import (
-    Phase,
-    Recipe,
-    apply_phase,
-    cache_cut,
-    check_frozen_unchanged,
-    count_params,
-    first_trainable_index,
-    make_optimizer,
-    snapshot_frozen,
-)
+from kbench import KbenchError, backend
+from kbench.data import DataModule
+from kbench.models import TransferModel
+from kbench.recipes import Recipe
 from kbench.trainer import checkpoint
+from kbench.trainer.best import BestTracker
 from kbench.trainer.cache import FeatureCache
-from kbench.trainer.callbacks import (
-    GuardCallback,
-    MaxStepsStopper,
-    MetricsLogger,
-    NonFiniteLoss,
-    RichProgressBar,
-    SignalGuard,
-    ThroughputMeter,
-    TrainingInterrupted,
-)
-from kbench.trainer.evaluate import EvaluateMixin
+from kbench.trainer.callbacks import NonFiniteLoss, TrainingInterrupted
+from kbench.trainer.evaluate import Evaluator
+from kbench.trainer.loop import LoopTools
+from kbench.trainer.phase import PhaseRun
+from kbench.trainer.plan import PhasePlan, plan_phases
 from kbench.trainer.results import make_run_dir, summary_table, write_results
-from kbench.trainer.resume import RunStateMixin
+from kbench.trainer.resume import find_resume_point, on_interrupt, on_non_finite, restore_best, restore_run
+from kbench.trainer.setup import check_precision, setup_process
+from kbench.trainer.state import FitRun, ResumePoint, TrainerState
 
 
-class Trainer(RunStateMixin, EvaluateMixin):
+class Trainer:
     """Runs recipes on a :class:`~kbench.models.TransferModel` and a :class:`~kbench.data.DataModule`.
+
+    The parameters up to ``checkpoint_every_n_steps`` are the fields of
+    :class:`kbench.config.TrainerConfig`, by the same names (``Trainer(**vars(cfg.trainer))``).
 
     Args:
         max_epochs: cap on the total epochs over all phases (None = the recipe's sum).
@@ -66,12 +63,10 @@ class Trainer(RunStateMixin, EvaluateMixin):
         fast_dev_run: one batch of train/val/test per phase, one epoch per phase.
         precision: ``auto`` (``mixed_bfloat16`` where the device has native bfloat16,
             else ``float32``: :func:`kbench.backend.resolve_precision`), ``float32``,
-            ``mixed_bfloat16`` or ``mixed_float16`` (Keras dtype
-            policy; set here, before the model is built).
+            ``mixed_bfloat16`` or ``mixed_float16`` (Keras dtype policy).
         jit_compile: passed to ``Model.compile`` (``"auto"``, True, False).
         seed: seeds Python, NumPy, the backend and the data order.
         deterministic: ask the backend for deterministic kernels.
-        callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
         default_root_dir: parent folder of the run folders.
         name: run name; the run folder is ``<default_root_dir>/<name>-<timestamp>``.
         enable_progress_bar: rich progress bars and per-epoch lines.
@@ -87,83 +82,67 @@ class Trainer(RunStateMixin, EvaluateMixin):
         checkpoint_every_n_steps: also write a position checkpoint every N
             optimizer steps inside an epoch (None = only after each epoch and at
             a signal); resuming from one is exact.
+        callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
+        console: where progress and log lines go (default: a new rich Console).
+        process_setup: call :func:`~kbench.trainer.setup.setup_process` with
+            ``precision``, ``seed`` and ``deterministic`` here (dtype policy,
+            backend environment, seeds): then build the Trainer *before* the
+            model. False when the caller did it already (``kbench.run``).
+
+    Attributes:
+        state: the :class:`~kbench.trainer.state.TrainerState` of the last ``fit``.
+        history: its ``metrics.csv`` rows; ``tracker``: its best-epoch tracker.
+        results: the last ``fit``'s ``results.json`` dict.
+        precision: the resolved dtype policy; ``precision_requested``: as given.
 
     Raises:
-        KbenchError: unknown precision or monitor, unwritable ``default_root_dir``.
+        KbenchError: unknown precision or monitor, ``checkpoint_every_n_steps`` < 1.
     """
 
     def __init__(self, max_epochs: int | None = None, max_steps: int = -1,
                  limit_train_batches: int | float = 1.0, limit_val_batches: int | float = 1.0,
                  limit_test_batches: int | float = 1.0, fast_dev_run: bool = False,
                  precision: str = "float32", jit_compile: bool | str = "auto", seed: int = 42,
-                 deterministic: bool = True, callbacks: list | None = None, default_root_dir: str = "runs",
-                 name: str = "kbench", enable_progress_bar: bool = True, inference_batches: int = 10,
-                 enable_checkpointing: bool = True, monitor: str = "val_accuracy", save_top_k: int = 1,
-                 early_stopping_patience: int | None = None, checkpoint_every_n_steps: int | None = None,
-                 console: Console | None = None):
-        if precision not in PRECISIONS:
-            raise KbenchError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+                 deterministic: bool = True, default_root_dir: str = "runs", name: str = "kbench",
+                 enable_progress_bar: bool = True, inference_batches: int = 10, enable_checkpointing: bool = True,
+                 monitor: str = "val_accuracy", save_top_k: int = 1, early_stopping_patience: int | None = None,
+                 checkpoint_every_n_steps: int | None = None, callbacks: list | None = None,
+                 console: Console | None = None, process_setup: bool = True):
+        self.precision_requested, self.precision = precision, check_precision(precision)
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
             raise KbenchError(f"checkpoint_every_n_steps={checkpoint_every_n_steps} must be >= 1 (or null for "
                               "checkpoints only after each epoch)")
-        self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.max_epochs, self.max_steps, self.fast_dev_run = max_epochs, max_steps, fast_dev_run
-        self.limits = {"train": limit_train_batches, "val": limit_val_batches, "test": limit_test_batches}
-        self.precision_requested = precision
-        self.precision, self.jit_compile, self.seed = backend.resolve_precision(precision), jit_compile, seed
+        self.checkpoint_every_n_steps, self.seed = checkpoint_every_n_steps, seed
         self.callbacks = list(callbacks or [])
-        self.default_root_dir, self.name = default_root_dir, name
-        self.enable_progress_bar, self.inference_batches = enable_progress_bar, inference_batches
-        self.console = console or Console()
+        self.default_root_dir, self.name, self.enable_checkpointing = default_root_dir, name, enable_checkpointing
+        self.tools = LoopTools(console or Console(), {"train": limit_train_batches, "val": limit_val_batches,
+                                                      "test": limit_test_batches},
+                               fast_dev_run, jit_compile, enable_progress_bar)
+        self.evaluator = Evaluator(self.tools, inference_batches)
+        self._tracker_args = (monitor, save_top_k, early_stopping_patience)
+        self.state = TrainerState(BestTracker(*self._tracker_args))
         self.run_dir: str | None = None
-        self.history: list[dict] = []
         self.results: dict = {}
-        self.enable_checkpointing = enable_checkpointing
-        self.tracker = checkpoint.BestTracker(monitor, save_top_k, early_stopping_patience)
-        self.guard = SignalGuard()
-        self._pos: dict = {"phase_index": None, "net": None, "epoch": 0, "step": 0}
-        keras.config.set_dtype_policy(self.precision)
-        backend.prepare_environment()
-        backend.seed_everything(seed, deterministic)
+        if process_setup:
+            setup_process(precision, seed, deterministic)
 
-    # ------------------------------------------------------------ helpers
-    def _limit(self, split: str):
-        return 1 if self.fast_dev_run else self.limits[split]
+    @property
+    def history(self) -> list[dict]:
+        """``metrics.csv`` rows (dicts keyed by :data:`~kbench.trainer.callbacks.CSV_FIELDS`) of the last fit."""
+        return self.state.history
 
-    def _progress(self, description: str) -> list:
-        """Callbacks for every fit/evaluate/predict: progress bar (if enabled) and the
-        signal / non-finite-loss guard."""
-        bar = [RichProgressBar(self.console, description)] if self.enable_progress_bar else []
-        return [*bar, GuardCallback(self.guard)]
-
-    def _log(self, msg: str) -> None:
-        self.console.print(msg)
+    @property
+    def tracker(self) -> BestTracker:
+        """The best-epoch tracker of the last fit."""
+        return self.state.tracker
 
     def make_run_dir(self) -> str:
         """Create this run's folder (see :func:`kbench.trainer.results.make_run_dir`) and return it."""
         self.run_dir = make_run_dir(self.default_root_dir, self.name)
         return self.run_dir
 
-    def _compile(self, model: keras.Model, tm: TransferModel, recipe: Recipe, lr: float) -> None:
-        model.compile(optimizer=make_optimizer(recipe.optimizer, lr, recipe.weight_decay, recipe.momentum),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=tm.from_logits),
-                      metrics=["accuracy"], jit_compile=self.jit_compile)
-
-    def _phase_epochs(self, phases: list[Phase]) -> list[int]:
-        out, left = [], self.max_epochs if self.max_epochs is not None else math.inf
-        for p in phases:
-            n = 1 if self.fast_dev_run and p.epochs > 0 else p.epochs
-            n = int(min(n, left))
-            left -= n
-            out.append(n)
-        return out
-
-    def _cut_for(self, tm: TransferModel, phase: Phase, datamodule: DataModule, recipe: Recipe) -> str | None:
-        if recipe.cache == "off" or datamodule.augment or not phase.base_inference:
-            return None
-        return cache_cut(tm.base, first_trainable_index(tm.base, phase.train_base))
-
-    # ------------------------------------------------------------ API
+    # ------------------------------------------------------------ fit
     def fit(self, model: TransferModel, datamodule: DataModule, recipe: Recipe, config: dict | None = None,
             ckpt_path: str | None = None) -> dict:
         """Train ``model`` with ``recipe``, then test it and write the run folder.
@@ -190,162 +169,107 @@ class Trainer(RunStateMixin, EvaluateMixin):
         """
         t_start = time.perf_counter()
         datamodule.setup()
-        ckpt, state = (checkpoint.find(ckpt_path), None) if ckpt_path else (None, None)
-        if ckpt:
-            state = checkpoint.load_state(ckpt)
-            self.run_dir = self.run_dir or os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+        resume = find_resume_point(ckpt_path)
+        run = self._start(model, datamodule, recipe, config, resume)
+        plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run)
+        with self.tools.guard:
+            try:
+                self._run_phases(run, plans, resume)
+                outcome = self._test(run, plans)
+            except TrainingInterrupted as e:
+                on_interrupt(e, self.state, run, self.enable_checkpointing, self.tools.log)
+                raise
+            except NonFiniteLoss as e:
+                on_non_finite(e, self.state, run.run_dir)
+        return self._finish(run, outcome, resume, time.perf_counter() - t_start)
+
+    def _start(self, model: TransferModel, datamodule: DataModule, recipe: Recipe, config: dict | None,
+               resume: ResumePoint | None) -> FitRun:
+        """Fresh state, the run folder (the checkpoint's on resume), ``config.yaml``,
+        the resumed model and history; logs the run's first line."""
+        self.state = TrainerState(BestTracker(*self._tracker_args))
+        if resume:
+            self.run_dir = self.run_dir or resume.run_dir
         run_dir = self.run_dir or self.make_run_dir()
         e2e = model.compose(base_training=None)
         if self.enable_checkpointing:
             checkpoint.check_free_space(run_dir, 3 * checkpoint.estimate_bytes(e2e))
-        if config is not None and not ckpt:
+        if config is not None and not resume:
             import yaml
 
             with open(os.path.join(run_dir, "config.yaml"), "w") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
-        csv_path = os.path.join(run_dir, "metrics.csv")
-        epoch, step, phase_info = 0, 0, []
-        if state:
-            epoch, step, phase_info = self._resume(ckpt, state, model, e2e, datamodule, recipe, csv_path)
-        skip = state.get("batches_done", 0) if state else 0
-        where = f"in epoch {epoch + 1} after batch {skip}" if skip else f"after epoch {epoch}"
-        self._log(f"[bold]kbench[/] {recipe.name} on {model.spec.name} @ {model.image_size}px, backend "
-                  f"{backend.name()}, {len(datamodule.train)} train / {len(datamodule.val)} val / "
-                  f"{len(datamodule.test)} test images, run folder {run_dir}"
-                  + (f", resuming {where} from {ckpt}" if ckpt else ""))
-        epochs = self._phase_epochs(recipe.phases)
-        cuts = [self._cut_for(model, p, datamodule, recipe) if n else None for p, n in zip(recipe.phases, epochs)]
-        cache = FeatureCache(model, datamodule, self)
-        cache.plan([c for c in cuts if c])
-        self._pos = {"phase_index": None, "net": None, "epoch": epoch, "step": step}
-        with self.guard:
-            try:
-                for i, (phase, n_epochs, cut) in enumerate(zip(recipe.phases, epochs, cuts)):
-                    done_before = 0
-                    if state and i < state["phase_index"] or (state and i == state["phase_index"]
-                                                              and state["phase_done"]):
-                        continue
-                    resume_at = None
-                    if state and i == state["phase_index"]:
-                        done_before = state["phase_epochs_done"]
-                        resume_at = ckpt if done_before or skip else None
-                    if n_epochs - done_before <= 0:
-                        if phase.epochs and not done_before:
-                            self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_epochs={self.max_epochs} reached")
-                        continue
-                    if 0 < self.max_steps <= step:
-                        self._log(f"[yellow]skipping phase {phase.name!r}: trainer.max_steps={self.max_steps} reached")
-                        continue
-                    info = self._run_phase(i, phase, n_epochs, done_before, cut, model, datamodule, recipe, cache,
-                                           csv_path, epoch, step, phase_info, resume_at,
-                                           skip if resume_at else 0)
-                    phase_info.append(info)
-                    epoch, step = self._pos["epoch"], self._pos["step"]
-                    self.guard.check()
-                last_cut = next((c for c, n in zip(reversed(cuts), reversed(epochs)) if n), None)
-                tested_epoch = self._restore_best(model, e2e, epoch)
-                test = self._test_after_fit(model, datamodule, cache, last_cut)
-                inference = self.measure_inference(model, datamodule)
-            except TrainingInterrupted as e:
-                self._on_interrupt(e, model, recipe, phase_info)
-                raise
-            except NonFiniteLoss as e:
-                self._on_non_finite(e)
-        model_path = os.path.join(run_dir, "model.keras")
-        model.compose(base_training=None).save(model_path)
-        self.results = write_results(run_dir, model=model, datamodule=datamodule, recipe=recipe, trainer=self,
-                                     phases=phase_info, test=test, inference=inference,
-                                     cache_time_s=cache.seconds, model_path=model_path,
-                                     total_time_s=time.perf_counter() - t_start,
-                                     extra={"tested_epoch": tested_epoch, "monitor": self.tracker.monitor,
-                                            "best_epoch": self.tracker.best_epoch,
-                                            "best_monitor_value": self.tracker.best_value,
-                                            "resumed_from": os.path.basename(ckpt) if ckpt else None})
-        self.console.print(summary_table(self.results, self.history))
+        run = FitRun(model, datamodule, recipe, run_dir, e2e, FeatureCache(model, datamodule, self.tools))
+        if resume:
+            restore_run(resume, self.state, run)
+        self.tools.log(f"[bold]kbench[/] {recipe.name} on {model.spec.name} @ {model.image_size}px, backend "
+                       f"{backend.name()}, {len(datamodule.train)} train / {len(datamodule.val)} val / "
+                       f"{len(datamodule.test)} test images, run folder {run_dir}"
+                       + (f", resuming {resume.where()} from {resume.ckpt}" if resume else ""))
+        return run
+
+    def _run_phases(self, run: FitRun, plans: list[PhasePlan], resume: ResumePoint | None) -> None:
+        """Run every phase not finished before the checkpoint and within the caps."""
+        for plan in plans:
+            if (resume and resume.finished(plan.index)) or not self._should_run(plan):
+                continue
+            self.state.phases.append(PhaseRun(self, run, plan).execute())
+            self.tools.guard.check()
+
+    def _should_run(self, plan: PhasePlan) -> bool:
+        """False (saying why where the recipe wanted epochs) when ``max_epochs`` or
+        ``max_steps`` leaves the phase nothing to do."""
+        if plan.epochs - plan.done_before <= 0:
+            if plan.phase.epochs and not plan.done_before:
+                self.tools.log(f"[yellow]skipping phase {plan.phase.name!r}: trainer.max_epochs={self.max_epochs} "
+                               "reached")
+            return False
+        if 0 < self.max_steps <= self.state.step:
+            self.tools.log(f"[yellow]skipping phase {plan.phase.name!r}: trainer.max_steps={self.max_steps} reached")
+            return False
+        return True
+
+    def _test(self, run: FitRun, plans: list[PhasePlan]) -> dict:
+        """Restore the best epoch, test it (on the last trained phase's cache cut, if
+        any) and time inference; returns ``{"tested_epoch", "test", "inference"}``."""
+        last_cut = next((p.cut for p in reversed(plans) if p.epochs), None)
+        tested_epoch = restore_best(self.state, run, self.enable_checkpointing, self.tools.log)
+        test = self.evaluator.test_after_fit(run.model, run.datamodule, run.cache, last_cut)
+        return {"tested_epoch": tested_epoch, "test": test,
+                "inference": self.evaluator.inference(run.model, run.datamodule)}
+
+    def _finish(self, run: FitRun, outcome: dict, resume: ResumePoint | None, elapsed_s: float) -> dict:
+        """Save ``model.keras``, write ``results.json``, print the summary table."""
+        model_path = os.path.join(run.run_dir, "model.keras")
+        run.model.compose(base_training=None).save(model_path)
+        tracker = self.state.tracker
+        self.results = write_results(run.run_dir, model=run.model, datamodule=run.datamodule, recipe=run.recipe,
+                                     trainer=self, phases=self.state.phases, test=outcome["test"],
+                                     inference=outcome["inference"], cache_time_s=run.cache.seconds,
+                                     model_path=model_path, total_time_s=elapsed_s,
+                                     extra={"tested_epoch": outcome["tested_epoch"], "monitor": tracker.monitor,
+                                            "best_epoch": tracker.best_epoch,
+                                            "best_monitor_value": tracker.best_value,
+                                            "resumed_from": os.path.basename(resume.ckpt) if resume else None})
+        self.tools.console.print(summary_table(self.results, self.history))
         return self.results
 
-    def _run_phase(self, i, phase, n_epochs, done_before, cut, model, datamodule, recipe, cache, csv_path,
-                   epoch, step, phase_info, resume_ckpt, skip) -> dict:
-        """Run phase ``i`` from epoch ``epoch`` (``done_before`` of its epochs already done; ``skip``
-        batches of epoch ``epoch + 1`` already done, per ``resume_ckpt``)."""
-        apply_phase(model.base, phase)
-        e2e = model.compose(base_training=False if phase.base_inference else None)
-        trainable, frozen = count_params(e2e)
-        self._log(f"[bold cyan]phase {phase.name}[/]: {n_epochs} epoch(s) at learning rate "
-                  f"{phase.learning_rate:g}; trainable params {trainable:,}, non-trainable {frozen:,}"
-                  + (f"; frozen-prefix cache at {cut!r}" if cut else "")
-                  + (f"; resuming after {done_before} epoch(s)" if done_before else ""))
-        self._pos["phase_index"], self._pos["net"] = i, None
-        before = snapshot_frozen(e2e)
-        t0 = time.perf_counter()
-        cache_s = cache.seconds
-        if cut:
-            train_x, val_x = cache.get("train", cut), cache.get("val", cut) if len(datamodule.val) else None
-            _, net = model.split(cut)
-            train_seq = BatchSequence(train_x, cache.labels("train"), datamodule.batch_size, None, shuffle=True,
-                                      seed=datamodule.seed, limit_batches=self._limit("train"))
-            val_seq = (BatchSequence(val_x, cache.labels("val"), datamodule.batch_size, None,
-                                     limit_batches=self._limit("val")) if val_x is not None else None)
-        else:
-            net = e2e
-            train_seq = datamodule.loader("train", model.image_size, shuffle=True, limit_batches=self._limit("train"))
-            val_seq = (datamodule.loader("val", model.image_size, limit_batches=self._limit("val"))
-                       if len(datamodule.val) else None)
-        train_seq.epoch = epoch
-        self._compile(net, model, recipe, phase.learning_rate)
-        if resume_ckpt:
-            checkpoint.restore_optimizer(resume_ckpt, net, checkpoint.load_state(resume_ckpt))
-        self._pos["net"] = net
-        meter = ThroughputMeter(train_seq.batch_sizes(), global_step=step)
-        logger = MetricsLogger(csv_path, phase.name, meter)
-        start_epoch = epoch - done_before
+    # ------------------------------------------------------------ evaluation
+    def validate(self, model: TransferModel, datamodule: DataModule) -> dict:
+        """Loss and top-1 accuracy of the end-to-end model on the validation split."""
+        return self.evaluator.evaluate(model, datamodule, "val")
 
-        def make_state(epoch1: int, logs: dict, stopped: bool) -> dict:
-            self._pos.update(epoch=epoch1, step=meter.global_step, batches_done=0)
-            return self._state(i, phase, epoch1 - start_epoch, n_epochs, stopped or epoch1 - start_epoch >= n_epochs,
-                               model, net, logger.rows, phase_info)
+    def test(self, model: TransferModel, datamodule: DataModule) -> dict:
+        """Loss and top-1 accuracy of the end-to-end model on the test split."""
+        return self.evaluator.evaluate(model, datamodule, "test")
 
-        def make_position_state(epoch0: int, batches_done: int, kind: str) -> dict:
-            self._pos.update(epoch=epoch0, step=meter.global_step, batches_done=batches_done)
-            return {**self._state(i, phase, epoch0 - start_epoch, n_epochs, False, model, net, logger.rows,
-                                  phase_info), "kind": kind, "batches_done": batches_done}
+    def predict(self, model: TransferModel, datamodule: DataModule, split: str = "test"):
+        """Class probabilities ``float32 (N, num_classes)`` for ``split``."""
+        return self.evaluator.predict(model, datamodule, split)
 
-        ckpt_dir = self.run_dir if self.enable_checkpointing else None
-        saver = checkpoint.EpochCheckpoint(ckpt_dir, model.keras_model, make_state, self.tracker)
-        stepper = checkpoint.StepCheckpoint(ckpt_dir, model.keras_model, make_position_state,
-                                            self.checkpoint_every_n_steps, self.guard, meter)
-        cbs = [meter, logger, saver, stepper, MaxStepsStopper(meter, self.max_steps), *self._progress(phase.name),
-               *self.callbacks]
-        t_fit = time.perf_counter()
-        try:
-            first = epoch
-            if skip:  # finish the interrupted epoch: its remaining batches, same order, metrics restored
-                tail = train_seq.tail(skip)
-                meter.batch_sizes, stepper.offset = tail.batch_sizes(), skip
-                net.fit(tail, validation_data=val_seq, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-                        verbose=0, callbacks=[checkpoint.RestoreMetrics(resume_ckpt, tail[0]), *cbs])
-                meter.batch_sizes, stepper.offset = train_seq.batch_sizes(), 0
-                train_seq.epoch, first = epoch + 1, epoch + 1
-            if first < start_epoch + n_epochs and not (skip and net.stop_training):
-                net.fit(train_seq, validation_data=val_seq, epochs=start_epoch + n_epochs, initial_epoch=first,
-                        shuffle=False, verbose=0, callbacks=cbs)
-        finally:
-            self.history.extend(logger.rows)
-            self._pos["step"] = meter.global_step
-        fit_s = time.perf_counter() - t_fit
-        check_frozen_unchanged(e2e, before, phase.name)
-        self._pos["epoch"] = epoch + len(logger.rows)
-        return {
-            "phase": phase.name, "epochs": done_before + len(logger.rows), "learning_rate": phase.learning_rate,
-            "trainable_params": trainable, "non_trainable_params": frozen, "cache_cut": cut,
-            "wall_time_s": time.perf_counter() - t0, "fit_time_s": fit_s,
-            "cache_time_s": cache.seconds - cache_s if cut else 0.0,
-            "train_images_per_s": meter.images_per_s, "first_steps_s": meter.first_steps_s,
-            "step_time_ms_p50": float(np.percentile(meter.step_times, 50) * 1e3) if meter.step_times else None,
-            "step_time_ms_p95": float(np.percentile(meter.step_times, 95) * 1e3) if meter.step_times else None,
-            "optimizer_iterations": int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
-            "early_stopped": saver.stopped_epoch is not None, "resumed_after_epochs": done_before or None,
-        }
+    def measure_inference(self, model: TransferModel, datamodule: DataModule) -> dict:
+        """End-to-end inference images/s on real test images (2 warm-up batches excluded)."""
+        return self.evaluator.inference(model, datamodule)
 
 
 __all__ = ["Trainer"]

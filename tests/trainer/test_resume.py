@@ -209,6 +209,89 @@ def test_resume_refuses_other_config_and_newer_format(cifar_dir, tmp_path, capsy
     assert "newer than this kbench understands" in capsys.readouterr().out
 
 
+# A user-written phase list, not a preset: the cache cut moves down (block5_pool -> block4_pool) and
+# back up, and "top" trains block5, inside head2's cached prefix, so head2 needs fresh features.
+THREE_PHASES = [("head", 1, 1e-3, "none"), ("top", 1, 1e-4, "from:block5"), ("head2", 2, 1e-3, "none")]
+
+
+class _SignalAt(keras.callbacks.Callback):
+    """Sends ``signum`` to this process at the end of (global 1-based) epoch, batch."""
+
+    def __init__(self, signum, epoch, batch):
+        super().__init__()
+        self.signum, self.at, self.epoch = signum, (epoch, batch), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch + 1) == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def _fit_three_phases(data, root, cache="auto", callbacks=(), ckpt_path=None):
+    """VGG16 (real weights) at 32 px on 90 train / 10 val / 50 test images: 3 batches an epoch."""
+    from kbench.data import DataModule
+    from kbench.models import build_model
+    from kbench.recipes import Phase, Recipe
+    from kbench.trainer import Trainer
+
+    cifar_dir, weights = data
+    trainer = Trainer(seed=7, default_root_dir=str(root), enable_progress_bar=False, inference_batches=0,
+                      callbacks=list(callbacks))
+    dm = DataModule(source="folder", root=str(cifar_dir), batch_size=32, seed=7, max_train_per_class=10,
+                    max_test_per_class=5).setup()
+    tm = build_model(backbone="vgg16", weights=str(weights), image_size=32, head="gap", head_dropout=0.5,
+                     preprocess="auto", num_classes=dm.num_classes, class_names=dm.class_names)
+    recipe = Recipe("three", [Phase(n, e, lr, t) for n, e, lr, t in THREE_PHASES], cache=cache)
+    return trainer.fit(tm, dm, recipe, ckpt_path=ckpt_path), trainer, tm
+
+
+@pytest.fixture(scope="module")
+def three_phases_clean(cifar_dir, vgg16_weights, tmp_path_factory):
+    root = tmp_path_factory.mktemp("three")
+    res, trainer, tm = _fit_three_phases((cifar_dir, vgg16_weights), root)
+    weights = [keras.ops.convert_to_numpy(v.value) for v in tm.keras_model.weights]
+    return res, list(trainer.history), weights, _only_run_dir(root)
+
+
+def test_phase_list_with_moving_cache_cut_matches_uncached_run(cifar_dir, vgg16_weights, tmp_path,
+                                                                three_phases_clean):
+    res, history, weights, run_dir = three_phases_clean
+    cuts = [p["cache_cut"] for p in res["phases"]]
+    assert cuts == ["block5_pool", "block4_pool", "block5_pool"]
+    assert [p["epochs"] for p in res["phases"]] == [1, 1, 2] and res["tested_epoch"] is not None
+    off, off_trainer, off_tm = _fit_three_phases((cifar_dir, vgg16_weights), tmp_path, cache="off")
+    assert [p["cache_cut"] for p in off["phases"]] == [None, None, None]
+    assert [r["phase"] for r in history] == [r["phase"] for r in off_trainer.history] == ["head", "top", "head2",
+                                                                                       "head2"]
+    for a, o in zip(history, off_trainer.history):
+        np.testing.assert_allclose([a["loss"], a["val_loss"]], [o["loss"], o["val_loss"]], rtol=2e-4)
+        assert a["accuracy"] == pytest.approx(o["accuracy"], abs=1e-6)
+    assert res["test_loss"] == pytest.approx(off["test_loss"], rel=2e-4)
+    for a, o in zip(weights, [keras.ops.convert_to_numpy(v.value) for v in off_tm.keras_model.weights]):
+        np.testing.assert_allclose(a, o, rtol=1e-3, atol=1e-5)
+
+
+def test_phase_list_sigint_in_phase_3_then_exact_resume(cifar_dir, vgg16_weights, tmp_path, three_phases_clean):
+    import signal
+
+    from kbench.trainer.callbacks import TrainingInterrupted
+
+    clean, _, _, clean_dir = three_phases_clean
+    with pytest.raises(TrainingInterrupted):  # seen after batch 2 of epoch 3 (phase head2's first)
+        _fit_three_phases((cifar_dir, vgg16_weights), tmp_path, callbacks=[_SignalAt(signal.SIGINT, 3, 1)])
+    run_dir = _only_run_dir(tmp_path)
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "interrupted"
+    state = checkpoint.load_state(str(run_dir / "checkpoints" / "interrupted"))
+    assert (state["phase_index"], state["phase"], state["epoch"], state["batches_done"]) == (2, "head2", 2, 2)
+    res, _, _ = _fit_three_phases((cifar_dir, vgg16_weights), tmp_path / "unused", ckpt_path=str(run_dir))
+    assert res["resumed_from"] == "interrupted" and res["status"] == "completed"
+    assert _metrics(run_dir) == _metrics(clean_dir)
+    assert (res["test_accuracy"], res["test_loss"]) == (clean["test_accuracy"], clean["test_loss"])
+    assert [p["optimizer_iterations"] for p in res["phases"]] == [p["optimizer_iterations"] for p in clean["phases"]]
+
+
 def _tiny_model():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Dense(5)(inputs)))

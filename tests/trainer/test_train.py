@@ -161,3 +161,45 @@ def test_missing_weights_file_refused_before_data(tmp_path):
              "--trainer.default_root_dir", str(tmp_path / "runs"))
     assert r.returncode == 2 and "nope.weights.h5" in r.stdout and "does not exist" in r.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_trainer_parameters_are_the_trainer_config_fields():
+    """run builds the Trainer as Trainer(**vars(cfg.trainer), ...): every config field is a
+    parameter by the same name, and the only other parameters are the non-config ones."""
+    import dataclasses
+    import inspect
+
+    from kbench.config import TrainerConfig
+    from kbench.trainer import Trainer
+
+    params = inspect.signature(Trainer).parameters
+    fields = [f.name for f in dataclasses.fields(TrainerConfig)]
+    assert [p for p in params if p in fields] == fields  # same names, same order
+    assert set(params) - set(fields) == {"callbacks", "console", "process_setup"}
+    assert all(params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+
+
+def test_model_built_after_setup_process_computes_in_bfloat16():
+    from kbench.models import build_model
+    from kbench.trainer import Trainer, setup_process
+
+    assert setup_process("mixed_bfloat16", seed=3) == "mixed_bfloat16"
+    tm = build_model(backbone="mobilenetv3small", weights="none", image_size=32, head="gap", head_dropout=0.5,
+                     preprocess="auto", num_classes=4, class_names=list("abcd"))
+    convs = [la for la in tm.base.layers if isinstance(la, keras.layers.Conv2D)]
+    assert len(convs) > 10 and {(la.compute_dtype, la.variable_dtype) for la in convs} == {("bfloat16", "float32")}
+    features = tm.base(np.zeros((1, 32, 32, 3), np.float32))
+    assert keras.backend.standardize_dtype(features.dtype) == "bfloat16"
+    # a Trainer built afterwards with process_setup=False leaves the policy alone
+    trainer = Trainer(precision="float32", process_setup=False, enable_progress_bar=False)
+    assert trainer.precision == "float32" and keras.config.dtype_policy().name == "mixed_bfloat16"
+    Trainer(precision="float32", enable_progress_bar=False)  # the library default sets it up itself
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_setup_process_refuses_an_unknown_precision():
+    from kbench import KbenchError
+    from kbench.trainer import setup_process
+
+    with pytest.raises(KbenchError, match="unknown precision 'bf16'; choose one of: auto, float32"):
+        setup_process("bf16")

@@ -1,0 +1,69 @@
+"""What every Keras loop call of a :class:`~kbench.trainer.Trainer` shares: batch
+limits per split, the progress-bar and signal-guard callbacks, compile settings and
+the console.
+
+Every ``Model.fit`` / ``evaluate`` / ``predict`` the trainer runs (a phase, a test,
+feature caching, inference timing) needs the same four things. They live in one
+small :class:`LoopTools` object that the trainer hands to its parts (the phase
+runner, the :class:`~kbench.trainer.evaluate.Evaluator`, the
+:class:`~kbench.trainer.cache.FeatureCache`), so those parts depend on this
+narrow interface rather than on the whole trainer (composition; the parts used
+to be mixins reaching into the trainer's private attributes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+from rich.console import Console
+
+from kbench.recipes import make_optimizer
+from kbench.trainer.callbacks import GuardCallback, RichProgressBar, SignalGuard
+
+
+@dataclass
+class LoopTools:
+    """Shared settings and helpers of a trainer's Keras loop calls.
+
+    Attributes:
+        console: where progress and log lines go.
+        limits: ``{"train"|"val"|"test": int | float}``: int = batches, float =
+            fraction of the split (1.0 = all).
+        fast_dev_run: one batch per split, whatever ``limits`` says.
+        jit_compile: passed to ``Model.compile`` (``"auto"``, True, False).
+        enable_progress_bar: rich progress bars and per-epoch lines.
+        guard: the :class:`~kbench.trainer.callbacks.SignalGuard` of the run.
+    """
+
+    console: Console
+    limits: dict
+    fast_dev_run: bool = False
+    jit_compile: bool | str = "auto"
+    enable_progress_bar: bool = True
+    guard: SignalGuard = field(default_factory=SignalGuard)
+
+    def limit(self, split: str) -> int | float:
+        """The ``limit_batches`` for ``split`` (1 batch under ``fast_dev_run``)."""
+        return 1 if self.fast_dev_run else self.limits[split]
+
+    def callbacks(self, description: str) -> list:
+        """Callbacks for every fit/evaluate/predict: the progress bar (if enabled,
+        labelled ``description``) and the signal / non-finite-loss guard."""
+        bar = [RichProgressBar(self.console, description)] if self.enable_progress_bar else []
+        return [*bar, GuardCallback(self.guard)]
+
+    def compile(self, net: keras.Model, from_logits: bool, learning_rate: float, optimizer: str = "adam",
+                weight_decay: float = 0.0, momentum: float = 0.9) -> None:
+        """Compile ``net`` with a fresh optimizer (see :func:`kbench.recipes.make_optimizer`),
+        sparse categorical cross-entropy and top-1 accuracy."""
+        net.compile(optimizer=make_optimizer(optimizer, learning_rate, weight_decay, momentum),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+                    metrics=["accuracy"], jit_compile=self.jit_compile)
+
+    def log(self, msg: str) -> None:
+        """Print ``msg`` (rich markup) on the console."""
+        self.console.print(msg)
+
+
+__all__ = ["LoopTools"]

@@ -1,0 +1,206 @@
+"""One phase of a fit, for any phase of any recipe.
+
+:meth:`PhaseRun.execute` sets what trains (:func:`kbench.recipes.apply_phase`),
+picks the data (the frozen-prefix cache at the phase's cut, which moves with the
+phase's lowest trainable layer, or images end to end), compiles a fresh
+optimizer (or restores a checkpoint's), runs ``Model.fit`` over the phase's
+epochs (numbered on from the run's epoch count; a resumed position checkpoint's
+epoch is finished first with its remaining batches), audits that every frozen
+variable is bit-identical afterwards, drops the cached features the phase made
+stale, and returns the phase's ``results.json`` row.
+
+A class rather than one function because the phase's checkpoint callbacks call
+back into it for the trainer state they save (:meth:`PhaseRun.epoch_state`,
+:meth:`PhaseRun.position_state`), and that state needs the phase's plan, model
+and logger; each step is a short method.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import keras
+import numpy as np
+
+from kbench import backend
+from kbench.data import BatchSequence
+from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, first_trainable_index, snapshot_frozen
+from kbench.trainer import checkpoint
+from kbench.trainer.callbacks import MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
+from kbench.trainer.plan import PhasePlan
+from kbench.trainer.state import FitRun
+
+if TYPE_CHECKING:
+    from kbench.trainer.trainer import Trainer
+
+
+class PhaseRun:
+    """Runs phase ``plan`` of ``run`` under ``trainer``'s settings, advancing
+    ``trainer.state`` (epoch, step, history; the caller appends the returned row
+    to ``state.phases``).
+
+    Raises (from :meth:`execute`): what ``Model.fit`` and its callbacks raise
+    (:class:`~kbench.trainer.callbacks.TrainingInterrupted`,
+    :class:`~kbench.trainer.callbacks.NonFiniteLoss`), ``KbenchError`` for a
+    checkpoint that does not fit, ``RuntimeError`` when a frozen variable changed.
+    """
+
+    def __init__(self, trainer: Trainer, run: FitRun, plan: PhasePlan):
+        self.trainer, self.run, self.plan = trainer, run, plan
+        self.state, self.tools = trainer.state, trainer.tools
+        self.entry_epoch = self.state.epoch  # global epochs finished when this process starts the phase
+        self.start_epoch = self.entry_epoch - plan.done_before  # ... when the phase first started
+        self.net: keras.Model | None = None
+        self.meter: ThroughputMeter | None = None
+        self.logger: MetricsLogger | None = None
+        self.saver: checkpoint.EpochCheckpoint | None = None
+        self.stepper: checkpoint.StepCheckpoint | None = None
+        self.first_trainable = 0  # index of the lowest backbone layer the phase trains
+
+    def execute(self) -> dict:
+        """Run the phase; returns its row for ``results.json`` ``phases``."""
+        e2e, counts = self._apply()
+        before = snapshot_frozen(e2e)
+        t0, cache_s = time.perf_counter(), self.run.cache.seconds
+        train_seq, val_seq = self._data(e2e)
+        self._compile()
+        callbacks = self._callbacks(train_seq)
+        t_fit = time.perf_counter()
+        self._fit(train_seq, val_seq, callbacks)
+        fit_s = time.perf_counter() - t_fit
+        check_frozen_unchanged(e2e, before, self.plan.phase.name)
+        self.run.cache.invalidate_from(self.first_trainable)
+        self.state.epoch = self.entry_epoch + len(self.logger.rows)
+        return self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s)
+
+    def _apply(self) -> tuple[keras.Model, tuple[int, int]]:
+        """Set what trains; returns the end-to-end model and (trainable, frozen) counts."""
+        phase, plan = self.plan.phase, self.plan
+        apply_phase(self.run.model.base, phase)
+        self.first_trainable = first_trainable_index(self.run.model.base, phase.train_base)
+        e2e = self.run.model.compose(base_training=False if phase.base_inference else None)
+        trainable, frozen = count_params(e2e)
+        self.tools.log(f"[bold cyan]phase {phase.name}[/]: {plan.epochs} epoch(s) at learning rate "
+                       f"{phase.learning_rate:g}; trainable params {trainable:,}, non-trainable {frozen:,}"
+                       + (f"; frozen-prefix cache at {plan.cut!r}" if plan.cut else "")
+                       + (f"; resuming after {plan.done_before} epoch(s)" if plan.done_before else ""))
+        self.state.phase_index, self.state.net = plan.index, None
+        return e2e, (trainable, frozen)
+
+    def _data(self, e2e: keras.Model) -> tuple:
+        """Training and validation sequences (validation None without a val split);
+        sets :attr:`net`, the model ``fit`` trains (the suffix above the cut, or ``e2e``)."""
+        run, cut, limit = self.run, self.plan.cut, self.tools.limit
+        dm = run.datamodule
+        if cut:
+            cache = run.cache
+            train_x, val_x = cache.get("train", cut), cache.get("val", cut) if len(dm.val) else None
+            self.net = run.model.split(cut)[1]
+            train = BatchSequence(train_x, cache.labels("train"), dm.batch_size, None, shuffle=True, seed=dm.seed,
+                                  limit_batches=limit("train"))
+            val = (BatchSequence(val_x, cache.labels("val"), dm.batch_size, None, limit_batches=limit("val"))
+                   if val_x is not None else None)
+        else:
+            self.net = e2e
+            train = dm.loader("train", run.model.image_size, shuffle=True, limit_batches=limit("train"))
+            val = dm.loader("val", run.model.image_size, limit_batches=limit("val")) if len(dm.val) else None
+        train.epoch = self.entry_epoch
+        return train, val
+
+    def _compile(self) -> None:
+        """A fresh optimizer at the phase's learning rate, or the checkpoint's slots."""
+        recipe, plan = self.run.recipe, self.plan
+        self.tools.compile(self.net, self.run.model.from_logits, plan.phase.learning_rate, recipe.optimizer,
+                           recipe.weight_decay, recipe.momentum)
+        if plan.resume_ckpt:
+            checkpoint.restore_optimizer(plan.resume_ckpt, self.net, checkpoint.load_state(plan.resume_ckpt))
+        self.state.net = self.net
+
+    def _callbacks(self, train_seq) -> list:
+        """Throughput meter, metrics logger, epoch and step checkpoints, step limit,
+        progress bar and guard, then the trainer's extra callbacks (in that order)."""
+        trainer, model = self.trainer, self.run.model
+        self.meter = ThroughputMeter(train_seq.batch_sizes(), global_step=self.state.step)
+        self.logger = MetricsLogger(self.run.csv_path, self.plan.phase.name, self.meter)
+        ckpt_dir = self.run.run_dir if trainer.enable_checkpointing else None
+        self.saver = checkpoint.EpochCheckpoint(ckpt_dir, model.keras_model, self.epoch_state, self.state.tracker)
+        self.stepper = checkpoint.StepCheckpoint(ckpt_dir, model.keras_model, self.position_state,
+                                                 trainer.checkpoint_every_n_steps, self.tools.guard, self.meter)
+        return [self.meter, self.logger, self.saver, self.stepper, MaxStepsStopper(self.meter, trainer.max_steps),
+                *self.tools.callbacks(self.plan.phase.name), *trainer.callbacks]
+
+    def _fit(self, train_seq, val_seq, callbacks: list) -> None:
+        """``Model.fit`` over the phase's remaining epochs (after the rest of an
+        interrupted epoch); the history and step count are kept even on a raise."""
+        first, end = self.entry_epoch, self.start_epoch + self.plan.epochs
+        try:
+            if self.plan.skip:
+                self._finish_interrupted_epoch(train_seq, val_seq, callbacks)
+                first = self.entry_epoch + 1
+            if first < end and not (self.plan.skip and self.net.stop_training):
+                self.net.fit(train_seq, validation_data=val_seq, epochs=end, initial_epoch=first, shuffle=False,
+                             verbose=0, callbacks=callbacks)
+        finally:
+            self.state.history.extend(self.logger.rows)
+            self.state.step = self.meter.global_step
+
+    def _finish_interrupted_epoch(self, train_seq, val_seq, callbacks: list) -> None:
+        """The resumed epoch's remaining batches, in the same order, with the saved
+        metric accumulators restored first."""
+        epoch, skip = self.entry_epoch, self.plan.skip
+        tail = train_seq.tail(skip)
+        self.meter.batch_sizes, self.stepper.offset = tail.batch_sizes(), skip
+        self.net.fit(tail, validation_data=val_seq, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
+                     callbacks=[checkpoint.RestoreMetrics(self.plan.resume_ckpt, tail[0]), *callbacks])
+        self.meter.batch_sizes, self.stepper.offset = train_seq.batch_sizes(), 0
+        train_seq.epoch = epoch + 1
+
+    def epoch_state(self, epoch1: int, logs: dict, stopped: bool) -> dict:
+        """Trainer state for the checkpoint after global epoch ``epoch1`` (1-based)."""
+        done = self._advance(epoch1, 0)
+        return self._checkpoint_state(done, stopped or done >= self.plan.epochs)
+
+    def position_state(self, epoch0: int, batches_done: int, kind: str) -> dict:
+        """Trainer state for a position checkpoint (``kind`` ``step`` or ``interrupted``)
+        after ``batches_done`` batches of global epoch ``epoch0 + 1``."""
+        done = self._advance(epoch0, batches_done)
+        return {**self._checkpoint_state(done, False), "kind": kind, "batches_done": batches_done}
+
+    def _advance(self, epoch: int, batches_done: int) -> int:
+        """Move the run position to ``epoch`` finished epochs plus ``batches_done``
+        batches; returns the epochs of this phase finished."""
+        s, done = self.state, epoch - self.start_epoch
+        s.epoch, s.step, s.batches_done = epoch, self.meter.global_step, batches_done
+        s.epochs_done[self.plan.index] = done
+        return done
+
+    def _checkpoint_state(self, done: int, phase_done: bool) -> dict:
+        """The ``state.json`` trainer state (keys and order: see :mod:`kbench.trainer.checkpoint`)."""
+        s, m, plan, trainer = self.state, self.run.model, self.plan, self.trainer
+        return {"phase_index": plan.index, "phase": plan.phase.name, "phase_epochs_done": done,
+                "phase_epochs": plan.epochs, "phase_done": phase_done, "epoch": s.epoch, "step": s.step,
+                "learning_rate": current_lr(self.net),
+                "trainable_layers": [la.name for la in m.base.layers if la.trainable],
+                "history": s.history + self.logger.rows, "phases": s.phases, "tracker": s.tracker.to_dict(),
+                "class_names": m.class_names, "preprocess": m.preprocess.mode, "backbone": m.spec.name,
+                "image_size": m.image_size, "seed": trainer.seed, "backend": backend.name(),
+                "precision": trainer.precision}
+
+    def _row(self, counts: tuple[int, int], wall_s: float, fit_s: float, cache_s: float) -> dict:
+        """The phase's ``results.json`` row (times in s, throughput in images/s)."""
+        plan, meter, steps = self.plan, self.meter, self.meter.step_times
+        return {
+            "phase": plan.phase.name, "epochs": plan.done_before + len(self.logger.rows),
+            "learning_rate": plan.phase.learning_rate, "trainable_params": counts[0],
+            "non_trainable_params": counts[1], "cache_cut": plan.cut, "wall_time_s": wall_s, "fit_time_s": fit_s,
+            "cache_time_s": cache_s if plan.cut else 0.0,
+            "train_images_per_s": meter.images_per_s, "first_steps_s": meter.first_steps_s,
+            "step_time_ms_p50": float(np.percentile(steps, 50) * 1e3) if steps else None,
+            "step_time_ms_p95": float(np.percentile(steps, 95) * 1e3) if steps else None,
+            "optimizer_iterations": int(keras.ops.convert_to_numpy(self.net.optimizer.iterations)),
+            "early_stopped": self.saver.stopped_epoch is not None, "resumed_after_epochs": plan.done_before or None,
+        }
+
+
+__all__ = ["PhaseRun"]

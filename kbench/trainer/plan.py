@@ -1,0 +1,78 @@
+"""The plan of a fit: for each phase of the recipe (any number, any order of train
+scopes) how many epochs it runs after the trainer's caps, on which frozen-prefix
+cache cut, and where a resumed run picks it up.
+
+A :class:`PhasePlan` is fixed before training starts; the phase runner
+(:class:`~kbench.trainer.phase.PhaseRun`) executes one, the feature cache is told
+every cut up front (the shallowest one is computed from images, deeper ones from it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kbench.recipes import Phase, cache_cut, first_trainable_index
+from kbench.trainer.state import FitRun, ResumePoint
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One recipe phase as this process runs it.
+
+    Attributes:
+        index: position in the recipe's phase list (0-based).
+        phase: the :class:`~kbench.recipes.Phase`.
+        epochs: epochs the phase runs in all (its own, capped by ``max_epochs``
+            and ``fast_dev_run``).
+        cut: base layer whose output is the frozen-prefix cache (None: train end
+            to end on images).
+        done_before: epochs of the phase finished before this process (resume).
+        resume_ckpt: checkpoint whose optimizer state (and, with ``skip``, metric
+            accumulators) the phase continues from.
+        skip: batches of the phase's next epoch finished before (a position
+            checkpoint): that epoch is finished first, with its remaining batches.
+    """
+
+    index: int
+    phase: Phase
+    epochs: int
+    cut: str | None = None
+    done_before: int = 0
+    resume_ckpt: str | None = None
+    skip: int = 0
+
+
+def phase_epochs(phases: list[Phase], max_epochs: int | None, fast_dev_run: bool) -> list[int]:
+    """Epochs each phase runs: its own (1 with ``fast_dev_run``), while the total
+    stays within ``max_epochs`` (None = no cap); later phases get what is left."""
+    out, left = [], max_epochs if max_epochs is not None else math.inf
+    for p in phases:
+        n = 1 if fast_dev_run and p.epochs > 0 else p.epochs
+        n = int(min(n, left))
+        left -= n
+        out.append(n)
+    return out
+
+
+def cut_for(run: FitRun, phase: Phase) -> str | None:
+    """The frozen-prefix cache cut of ``phase``: the deepest bottleneck below its
+    lowest trainable layer (None: recipe cache ``off``, augmentation, or a backbone
+    not in inference mode)."""
+    if run.recipe.cache == "off" or run.datamodule.augment or not phase.base_inference:
+        return None
+    return cache_cut(run.model.base, first_trainable_index(run.model.base, phase.train_base))
+
+
+def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,
+                fast_dev_run: bool) -> list[PhasePlan]:
+    """One :class:`PhasePlan` per phase of ``run.recipe`` (a phase with 0 epochs gets
+    no cut); declares the cuts to ``run.cache``."""
+    epochs = phase_epochs(run.recipe.phases, max_epochs, fast_dev_run)
+    plans = [PhasePlan(i, phase, n, cut_for(run, phase) if n else None, **(resume.plan_fields(i) if resume else {}))
+             for i, (phase, n) in enumerate(zip(run.recipe.phases, epochs))]
+    run.cache.plan([p.cut for p in plans if p.cut])
+    return plans
+
+
+__all__ = ["PhasePlan", "cut_for", "phase_epochs", "plan_phases"]
