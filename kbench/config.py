@@ -6,6 +6,11 @@ given several times) < ``--section.key VALUE`` on the command line. Unknown keys
 and wrong types are rejected with the key's name and its allowed values.
 The defaults are the reference scenario: VGG16 at 64x64 on CIFAR-10, ``fine_tune``
 (``configs/default.yaml`` holds the same values).
+
+The allowed values of the keys with a closed set (backbones, sources, heads, presets,
+optimizers, monitors, precisions, ...) come from their registries (:data:`CHOICES`), and
+:func:`parse` checks the recipe (a preset or ``recipe.phases``) as ``kbench.run`` will use
+it, all without importing keras: the tools' parent processes parse configs too.
 """
 
 from __future__ import annotations
