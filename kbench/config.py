@@ -6,6 +6,11 @@ given several times) < ``--section.key VALUE`` on the command line. Unknown keys
 and wrong types are rejected with the key's name and its allowed values.
 The defaults are the reference scenario: VGG16 at 64x64 on CIFAR-10, ``fine_tune``
 (``configs/default.yaml`` holds the same values).
+
+The allowed values of the keys with a closed set (backbones, sources, heads, presets,
+optimizers, monitors, precisions, ...) come from their registries (:data:`CHOICES`), and
+:func:`parse` checks the recipe (a preset or ``recipe.phases``) as ``kbench.run`` will use
+it, all without importing keras: the tools' parent processes parse configs too.
 """
 
 from __future__ import annotations
@@ -19,8 +24,31 @@ from typing import Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-BackboneName = Literal["vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenetv2", "mobilenetv3small",
-                       "densenet121", "xception", "efficientnetb0", "convnexttiny"]
+from kbench import PRECISIONS, KbenchError
+from kbench.data.sources import INTERPOLATIONS, SOURCES
+from kbench.models.registry import BACKBONES, HEADS, PREPROCESS_MODES
+from kbench.recipes.optimizers import OPTIMIZERS
+from kbench.recipes.phases import CACHE_MODES, build_recipe, phase_configs
+from kbench.recipes.presets import PRESETS
+from kbench.trainer.best import MONITORS
+
+# The allowed values of each key, derived from its registry (keras-free modules), so that
+# adding a backbone, source, head, preset, optimizer or monitor touches only its registry.
+BackboneName = Literal[tuple(BACKBONES)]
+SourceName = Literal[SOURCES]
+InterpolationName = Literal[tuple(INTERPOLATIONS)]
+HeadName = Literal[HEADS]
+PreprocessName = Literal[("auto", *PREPROCESS_MODES)]
+RecipeName = Union[Literal[tuple(PRESETS)], str]  # a preset; with recipe.phases a label of your own
+OptimizerName = Literal[tuple(OPTIMIZERS)]
+CacheMode = Literal[CACHE_MODES]
+PrecisionName = Literal[PRECISIONS]
+MonitorName = Literal[MONITORS]
+# Which config key takes its values from which registry (tests/test_config.py checks them).
+CHOICES = {"model.backbone": BackboneName, "data.source": SourceName, "data.interpolation": InterpolationName,
+           "model.head": HeadName, "model.preprocess": PreprocessName, "recipe.name": RecipeName,
+           "recipe.optimizer": OptimizerName, "recipe.cache": CacheMode, "trainer.precision": PrecisionName,
+           "trainer.monitor": MonitorName}
 
 
 @dataclass
@@ -28,7 +56,7 @@ class DataConfig:
     """Data set and batching.
 
     Args:
-        source: cifar10 / cifar100 (local copy first, then keras.datasets), folder, npz.
+        source: cifar10 / cifar100 (local copy first, then keras.datasets), an image folder, or an .npz file.
         root: local data: CIFAR tarball, its folder or an image folder; the folder
             or .npz file for the folder / npz sources. Also read from KBENCH_DATA_DIR.
         val_split: fraction of every training class held out for validation (stratified, seeded).
@@ -41,14 +69,14 @@ class DataConfig:
         strict: undecodable image files are an error instead of a warning.
     """
 
-    source: Literal["cifar10", "cifar100", "folder", "npz"] = "cifar10"
+    source: SourceName = "cifar10"
     root: Optional[str] = None
     val_split: float = 0.1
     test_split: float = 0.2
     batch_size: int = 64
     max_train_per_class: Optional[int] = None
     max_test_per_class: Optional[int] = None
-    interpolation: Literal["linear", "area", "cubic", "nearest"] = "linear"
+    interpolation: InterpolationName = "linear"
     augment: bool = False
     strict: bool = False
 
@@ -71,39 +99,51 @@ class ModelConfig:
     backbone: BackboneName = "vgg16"
     weights: str = "imagenet"
     image_size: Optional[int] = 64
-    head: Literal["gap", "flatten", "mlp", "article"] = "mlp"
+    head: HeadName = "mlp"
     head_dropout: float = 0.5
     head_hidden: int = 512
-    preprocess: Literal["auto", "caffe", "tf", "torch", "scale01", "none"] = "auto"
+    preprocess: PreprocessName = "auto"
 
 
 @dataclass
 class RecipeConfig:
-    """Which of the four transfer-learning recipes, and its phases.
+    """The recipe: a named preset, or your own list of phases (``phases``).
+
+    With ``phases`` (not null) the list replaces the preset's phases: ``name`` becomes the
+    recipe's label in results.json and the default run name (left at its default it is
+    ``custom``; another preset's name is refused), ``epochs``, ``learning_rate``,
+    ``fine_tune_*`` and ``unfreeze`` must stay at their defaults (each phase has its own),
+    and the model starts from ``model.weights``.
 
     Args:
-        name: feature_extraction, fine_tune, full, scratch or seed_tutorial.
-        epochs: epochs of the first (or only) phase.
-        learning_rate: learning rate of the first phase.
+        name: a preset (kbench.recipes.PRESETS), or with phases a label of your own.
+        epochs: epochs of the preset's first (or only) phase.
+        learning_rate: learning rate of the preset's first phase.
         fine_tune_epochs: fine_tune only: epochs with the top of the backbone unfrozen.
         fine_tune_learning_rate: fine_tune only: phase-2 learning rate (null = learning_rate / 10).
         unfreeze: fine_tune only: auto (the registry's top block), a layer-name prefix (block5), last:N or all.
-        optimizer: adam, adamw, sgd (momentum) or rmsprop.
+        phases: your own phases, run in order, e.g. [{name: head, epochs: 3, learning_rate: 1e-3, train: none},
+            {name: all, epochs: 1, learning_rate: 1e-5, train: all}]. Keys: name, epochs, learning_rate, train
+            (none, all, auto, from:<layer-name prefix>, last:<N> or a prefix), base_inference (optional: the
+            backbone in inference mode, BatchNormalization frozen; null = true unless train is all).
+            null = the preset's phases.
+        optimizer: the optimizer (sgd uses momentum; adamw with weight_decay 0 uses 0.004).
         weight_decay: weight decay (0 = off).
         momentum: SGD momentum.
         cache: auto = train on cached frozen-prefix features where that is exact; off = never.
     """
 
-    name: Literal["feature_extraction", "fine_tune", "full", "scratch", "seed_tutorial"] = "fine_tune"
+    name: RecipeName = "fine_tune"
     epochs: int = 6
     learning_rate: float = 1e-3
     fine_tune_epochs: int = 3
     fine_tune_learning_rate: Optional[float] = None
     unfreeze: str = "auto"
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    phases: Optional[list[dict]] = None
+    optimizer: OptimizerName = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9
-    cache: Literal["auto", "off"] = "auto"
+    cache: CacheMode = "auto"
 
 
 @dataclass
@@ -127,7 +167,7 @@ class TrainerConfig:
         enable_progress_bar: rich progress bars, and progress while an image folder is decoded.
         inference_batches: batches timed end to end for inference images/s (0 = skip).
         enable_checkpointing: write checkpoints/epoch-NNNN after every epoch (needed for --resume).
-        monitor: val_accuracy, val_loss, accuracy or loss: picks the best epoch, whose weights are tested and saved.
+        monitor: the metric that picks the best epoch, whose weights are tested and saved.
         save_top_k: best epoch checkpoints kept besides the last one.
         early_stopping_patience: end a phase after this many epochs without a better monitor value (null = never).
         checkpoint_every_n_steps: also checkpoint every N optimizer steps inside an epoch (null = only after each
@@ -140,7 +180,7 @@ class TrainerConfig:
     limit_val_batches: Union[int, float] = 1.0
     limit_test_batches: Union[int, float] = 1.0
     fast_dev_run: bool = False
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    precision: PrecisionName = "auto"
     jit_compile: Union[bool, Literal["auto"]] = "auto"
     seed: int = 42
     deterministic: bool = True
@@ -149,7 +189,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     inference_batches: int = 10
     enable_checkpointing: bool = True
-    monitor: Literal["val_accuracy", "val_loss", "accuracy", "loss"] = "val_accuracy"
+    monitor: MonitorName = "val_accuracy"
     save_top_k: int = 1
     early_stopping_patience: Optional[int] = None
     checkpoint_every_n_steps: Optional[int] = None
@@ -253,11 +293,41 @@ def _check_same_config(cfg: "RunConfig", run_dir: str) -> None:
               + "\ndrop the --config file or overrides that change them, or start a new run")
 
 
+def error_message(error: ArgumentError) -> str:
+    """One message for a jsonargparse error: unknown keys get the valid keys (:func:`explain`),
+    ``typing.Literal[...]`` reads ``one of [...]`` and a ``recipe.phases`` of the wrong shape
+    gets an example."""
+    msg = str(error).strip()
+    if msg.startswith('Parser key "recipe.phases"'):
+        given = re.search(r"Given value: (.*)", msg)
+        return ("recipe.phases must be a list of phases such as [{name: head, epochs: 3, learning_rate: 1e-3, "
+                f"train: none}}] (or null for the recipe.name preset); got {given.group(1) if given else 'another type'}")
+    return re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", explain(msg))
+
+
+def check_recipe(cfg: RunConfig) -> None:
+    """Check the recipe section as ``kbench.run`` will use it (no backend needed) and write
+    it out in full: every key of each ``recipe.phases`` entry, and ``recipe.name`` set to the
+    label a phase list runs under (see :func:`kbench.recipes.build_recipe`).
+
+    Raises:
+        SystemExit(2): after one message naming the bad key, phase or value.
+    """
+    r = cfg.recipe
+    try:
+        if r.phases is not None:
+            r.phases = [asdict(pc) for pc in phase_configs(r.phases)]
+        r.name = build_recipe(r, BACKBONES[cfg.model.backbone].unfreeze).name
+    except KbenchError as e:
+        _fail(str(e))
+
+
 def parse(argv: list[str] | None = None) -> RunConfig:
     """Parse ``argv`` into a :class:`RunConfig`.
 
-    On bad input (unknown key, wrong type, value not among the allowed ones,
-    missing config file) prints one message naming the key and exits with status 2.
+    On bad input (unknown key, wrong type, value not among the allowed ones, a bad
+    recipe or phase list, missing config file) prints one message naming the key and
+    exits with status 2.
     """
     p = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -268,10 +338,10 @@ def parse(argv: list[str] | None = None) -> RunConfig:
     try:
         ns = p.parse_args(argv)
     except ArgumentError as e:
-        msg = explain(str(e).strip())
-        _fail(re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", msg), p.prog)
+        _fail(error_message(e), p.prog)
     init = p.instantiate(ns)
     cfg = RunConfig(**{k: getattr(init, k) for k in SECTIONS}, resume=resume)
+    check_recipe(cfg)
     if run_dir:
         _check_same_config(cfg, run_dir)
     return cfg

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import subprocess
 import sys
+import typing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -92,3 +96,167 @@ def test_abbreviated_key_is_refused_not_guessed(capsys):
     with pytest.raises(SystemExit) as e:
         parse(["--trainer.max_epoch", "3"])
     assert e.value.code == 2 and "Did you mean 'trainer.max_epochs'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ one source per name list
+def test_config_choices_are_the_registries():
+    """Every key with a closed set of values takes it from its registry, and no other key
+    of the config spells out a Literal of its own (jit_compile's auto aside)."""
+    from kbench import PRECISIONS
+    from kbench.config import CHOICES, SECTIONS
+    from kbench.data.sources import INTERPOLATIONS, SOURCES
+    from kbench.models.registry import BACKBONES, HEADS, PREPROCESS_MODES
+    from kbench.recipes import CACHE_MODES, OPTIMIZERS, PRESETS
+    from kbench.trainer.best import MONITORS
+
+    registries = {"model.backbone": tuple(BACKBONES), "data.source": SOURCES, "data.interpolation": tuple(INTERPOLATIONS),
+                  "model.head": HEADS, "model.preprocess": ("auto", *PREPROCESS_MODES), "recipe.name": tuple(PRESETS),
+                  "recipe.optimizer": tuple(OPTIMIZERS), "recipe.cache": CACHE_MODES, "trainer.precision": PRECISIONS,
+                  "trainer.monitor": MONITORS}
+
+    def literal(tp):
+        if typing.get_origin(tp) is typing.Literal:
+            return typing.get_args(tp)
+        return next((lit for a in typing.get_args(tp) if (lit := literal(a))), None)
+
+    assert {k: literal(v) for k, v in CHOICES.items()} == registries
+    with_literals = {f"{sec}.{name}" for sec, cls in SECTIONS.items()
+                     for name, tp in typing.get_type_hints(cls).items() if literal(tp)}
+    assert with_literals == set(registries) | {"trainer.jit_compile"}
+    assert literal(typing.get_type_hints(SECTIONS["trainer"])["jit_compile"]) == ("auto",)
+
+
+def test_help_shows_every_description_and_choice():
+    from kbench.config import CHOICES, SECTIONS
+
+    r = subprocess.run([sys.executable, "-m", "kbench.run", "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    entries: dict[str, str] = {}  # option -> its help entry (option line and continuation lines, joined)
+    for line in r.stdout.split("\n\n", 1)[1].splitlines():
+        if line.startswith("  --"):
+            key = line.split()[0]
+            entries[key] = line
+        elif line.startswith("    ") and entries:
+            entries[key] += " " + line.strip()
+    for sec, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            entry = entries[f"--{sec}.{f.name}"]
+            words = [w for w in entry.split("(type:")[0].split()[1:]  # less the option, its aliases and metavars
+                     if not (w.startswith(("--", "{")) or w.rstrip(",") == f.name.upper())]
+            assert "(type:" in entry and len(words) >= 2, entry
+    for key, tp in CHOICES.items():
+        lit = typing.get_args(tp)[0] if key == "recipe.name" else tp
+        assert all(f"'{v}'" in "".join(entries[f"--{key}"].split()) for v in typing.get_args(lit)), key
+    assert "--recipe.optimizer {adam,adamw,sgd,rmsprop}" in r.stdout
+
+
+def test_config_imports_no_backend():
+    """The config (and a recipe check with phases) imports no keras: tool parents parse configs.
+    Nor do the recipe names the config lists."""
+    code = ("import sys; from kbench.config import parse; "
+            "from kbench.recipes import PRESETS, OPTIMIZERS, CACHE_MODES, PhaseConfig, build_recipe; "
+            "cfg = parse(['--recipe.phases', '[{name: a, epochs: 1, learning_rate: 0.1, train: auto}]']); "
+            "assert cfg.recipe.name == 'custom', cfg; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax', 'torch')); "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ recipe.phases
+THREE = [{"name": "head", "epochs": 3, "learning_rate": 1e-3, "train": "none"},
+         {"name": "top", "epochs": 2, "learning_rate": 1e-4, "train": "from:block5"},
+         {"name": "all", "epochs": 1, "learning_rate": 1e-5, "train": "all"}]
+
+
+def test_phases_from_yaml_and_command_line_are_the_same(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("recipe:\n  phases:\n" + "".join(
+        f"    - {{name: {p['name']}, epochs: {p['epochs']}, learning_rate: {p['learning_rate']}, train: "
+        f"\"{p['train']}\"}}\n" for p in THREE))
+    from_file = parse(["--config", str(f)]).recipe
+    from_cli = parse(["--recipe.phases", json.dumps(THREE)]).recipe
+    assert from_file == from_cli
+    assert from_file.phases == [{**p, "base_inference": None} for p in THREE]  # written out in full
+    assert from_file.name == "custom"  # a phase list without a label of its own
+
+
+def test_shipped_three_phase_config():
+    from kbench.recipes import Phase, build_recipe
+
+    cfg = parse(["--config", str(ROOT / "configs" / "three_phase.yaml")])
+    recipe = build_recipe(cfg.recipe, "block5")
+    assert recipe.name == "three_phase" and recipe.pretrained
+    assert recipe.phases == [Phase("head", 3, 1e-3, "none", True), Phase("top", 2, 1e-4, "from:block5", True),
+                             Phase("all", 1, 1e-5, "all", False)]
+
+
+def test_phases_config_round_trips_through_config_yaml(tmp_path):
+    """config.yaml of a phase-list run parses back to the same config (what --resume compares)."""
+    cfg = parse(["--recipe.phases", json.dumps(THREE), "--recipe.name", "mine", "--recipe.optimizer", "sgd"])
+    f = tmp_path / "config.yaml"
+    f.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    again = parse(["--config", str(f)])
+    assert again.to_dict() == cfg.to_dict() and again.recipe.name == "mine"
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--recipe.epochs", "4"], "recipe.epochs=4 would have no effect; drop it and set epochs"),
+    (["--recipe.fine_tune_learning_rate", "1e-5", "--recipe.unfreeze", "block4"],
+     "recipe.fine_tune_learning_rate=1e-05, recipe.unfreeze='block4' would have no effect; drop them"),
+    (["--recipe.name", "full"], "recipe.name 'full' is a preset, but recipe.phases replaces"),
+    (["--recipe.name", "my recipe"], "recipe.name 'my recipe' is not a usable label"),
+])
+def test_phases_refuse_preset_keys_and_preset_names(capsys, extra, match):
+    with pytest.raises(SystemExit) as e:
+        parse(["--recipe.phases", json.dumps(THREE), *extra])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"trian": "none"}, "phase 2 of recipe.phases: unknown key 'trian'. Did you mean 'train'? Valid keys: name, "
+                        "epochs, learning_rate, train, base_inference"),
+    ({"train": None}, "phase 2 of recipe.phases: missing key train; every phase needs name, epochs, learning_rate"),
+    ({"epochs": -1}, "phase 2 of recipe.phases ('top'): epochs must be an integer >= 0 (0 skips the phase), got -1"),
+    ({"epochs": 1.5}, "phase 2 of recipe.phases ('top'): epochs must be an integer >= 0"),
+    ({"learning_rate": 0}, "phase 2 of recipe.phases ('top'): learning_rate must be a number > 0 (e.g. 1e-4), got 0"),
+    ({"learning_rate": "fast"}, "learning_rate must be a number > 0 (e.g. 1e-4), got 'fast'"),
+    ({"train": "form:block5"}, "phase 2 of recipe.phases ('top'): train 'form:block5' is not valid; use none, all, "
+                               "auto, from:<layer-name prefix>, last:<N> or a layer-name prefix"),
+    ({"train": "last:0"}, "train 'last:0': N must be a positive integer, e.g. last:4"),
+    ({"base_inference": "maybe"}, "base_inference must be true, false or null (= true unless train is all), "
+                                  "got 'maybe'"),
+    ({"name": "head"}, "phase 2 of recipe.phases: name 'head' is already phase 1's; give every phase its own name"),
+    ({"name": "a b"}, "name 'a b' is not a usable phase name"),
+])
+def test_bad_phase_is_one_message_naming_the_phase(capsys, change, match):
+    phases = [dict(p) for p in THREE]
+    phases[1].update(change)
+    phases[1] = {k: v for k, v in phases[1].items() if v is not None}
+    with pytest.raises(SystemExit) as e:
+        parse(["--recipe.phases", json.dumps(phases)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and match in err and "Traceback" not in err and len(err.splitlines()) == 2
+
+
+@pytest.mark.parametrize("value,match", [
+    ("[]", "recipe.phases must be a non-empty list of phases"),
+    ("[1, 2]", "recipe.phases must be a list of phases such as [{name: head"),
+    ("{name: head}", "recipe.phases must be a list of phases such as [{name: head"),
+])
+def test_phases_of_the_wrong_shape(capsys, value, match):
+    with pytest.raises(SystemExit) as e:
+        parse(["--recipe.phases", value])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--recipe.epochs", "-1"], "recipe.epochs must be an integer >= 0, got -1"),
+    (["--recipe.fine_tune_learning_rate", "0"], "recipe.fine_tune_learning_rate must be a number > 0, got 0.0"),
+    (["--recipe.unfreeze", "last:x"], "recipe.unfreeze 'last:x': N must be a positive integer"),
+])
+def test_bad_preset_values_name_the_key(capsys, extra, match):
+    with pytest.raises(SystemExit) as e:
+        parse(extra)
+    assert e.value.code == 2 and match in capsys.readouterr().err

@@ -1,14 +1,23 @@
 """Recipes: what trains when. A recipe is a list of phases (data a user can write in
-YAML); the named recipes are presets; freezing, the frozen-variable audit and the
-optimizers live here.
+YAML as ``recipe.phases``); the named recipes are presets.
+
+* :mod:`~kbench.recipes.phases`: Phase, PhaseConfig, Recipe, their checks, build_recipe (keras-free).
+* :mod:`~kbench.recipes.presets`: the named recipes as a table (keras-free).
+* :mod:`~kbench.recipes.freezing`: trainable sets per phase, the frozen-variable audit, cache cuts.
+* :mod:`~kbench.recipes.optimizers`: the optimizers as a table (keras-free at import).
 
 Public names resolve lazily, so importing a keras-free module here imports no keras.
 """
 
 from kbench import lazy_exports
 
-_EXPORTS = dict.fromkeys(
-    ["OPTIMIZERS", "RECIPES", "Phase", "Recipe", "apply_phase", "build_recipe", "cache_cut", "check_frozen_unchanged",
-     "count_params", "first_trainable_index", "frozen_variables", "make_optimizer", "make_phases", "snapshot_frozen"],
-    "kbench.recipes.phases")
+_EXPORTS = {
+    **dict.fromkeys(["CACHE_MODES", "CUSTOM_LABEL", "PHASE_KEYS", "Phase", "PhaseConfig", "Recipe", "build_recipe",
+                     "make_phases", "phase_configs", "recipe_label", "resolve_phases", "train_base"],
+                    "kbench.recipes.phases"),
+    **dict.fromkeys(["PRESETS", "PRESET_KEYS", "Preset"], "kbench.recipes.presets"),
+    **dict.fromkeys(["apply_phase", "cache_cut", "check_frozen_unchanged", "check_train_layers", "count_params",
+                     "first_trainable_index", "frozen_variables", "snapshot_frozen"], "kbench.recipes.freezing"),
+    **dict.fromkeys(["OPTIMIZERS", "OptimizerSpec", "make_optimizer"], "kbench.recipes.optimizers"),
+}
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

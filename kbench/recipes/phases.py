@@ -1,35 +1,47 @@
-"""The four ways to reuse a pretrained network, as named phases.
+"""Recipes as data: a :class:`Recipe` is a list of :class:`Phase` plus optimizer settings.
 
-A recipe is a list of :class:`Phase`. Before each phase the trainer calls
-:func:`apply_phase` (what is trainable, BatchNormalization mode) and recompiles;
-epochs continue across phases. This mirrors Lightning's ``BaseFinetuning``
-(``freeze_before_training`` + unfreeze at an epoch), written as data.
+Before each phase the trainer calls :func:`~kbench.recipes.freezing.apply_phase` (what
+is trainable, BatchNormalization mode) and recompiles; epochs continue across phases.
+This mirrors Lightning's ``BaseFinetuning`` (``freeze_before_training`` + unfreeze at an
+epoch), written as data.
 
-* ``feature_extraction``: backbone frozen, head trained.
-* ``fine_tune``: feature extraction, then the top of the backbone unfrozen at a
-  lower learning rate (default 10x lower). BatchNormalization stays in inference
-  mode, so its moving statistics never change.
-* ``full``: pretrained weights as the initializer, everything trainable.
-* ``scratch``: architecture only (``weights: none``), everything trainable.
-* ``seed_tutorial``: the reference article as written (one epoch, frozen
-  backbone, the article's head, pixels / 255, Adam 1e-3, batch 32).
+:func:`build_recipe` makes the recipe from the ``recipe`` config: a named preset
+(:mod:`~kbench.recipes.presets`) or the user's own ``recipe.phases``, a list of
+:class:`PhaseConfig` entries such as::
+
+    recipe:
+      phases:
+        - {name: head, epochs: 3, learning_rate: 1e-3, train: none}
+        - {name: top, epochs: 2, learning_rate: 1e-4, train: "from:block5"}
+        - {name: all, epochs: 1, learning_rate: 1e-5, train: all}
+
+Both go through the same checks (:func:`phase_configs`) and resolution
+(:func:`resolve_phases`). Keras-free, so the config can check a recipe without a backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import keras
-import numpy as np
+import difflib
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
+from typing import Optional
 
 from kbench import KbenchError
+from kbench.recipes.presets import PRESET_KEYS, PRESETS
 
-RECIPES = ("feature_extraction", "fine_tune", "full", "scratch", "seed_tutorial")
+CACHE_MODES = ("auto", "off")
+# The label of a recipe.phases list when recipe.name is left at its default (a preset's name).
+CUSTOM_LABEL = "custom"
+# Phase names and recipe labels: they are written to metrics.csv and name run folders.
+NAME_PATTERN = re.compile(r"[\w.+-]+")
+TRAIN_FORMS = "none, all, auto, from:<layer-name prefix>, last:<N> or a layer-name prefix"
 
 
 @dataclass(frozen=True)
 class Phase:
-    """One training phase.
+    """One training phase, resolved for a backbone.
 
     Attributes:
         name: phase name written to ``metrics.csv``.
@@ -49,170 +61,35 @@ class Phase:
     base_inference: bool = True
 
 
-def make_phases(recipe: str, epochs: int, learning_rate: float, fine_tune_epochs: int = 0,
-                fine_tune_learning_rate: float | None = None, unfreeze: str = "auto",
-                default_unfreeze: str = "block5") -> list[Phase]:
-    """Phases of a named recipe.
+@dataclass
+class PhaseConfig:
+    """One entry of ``recipe.phases``, as a user writes it (all keys but ``base_inference`` required).
 
-    Args:
-        unfreeze: for ``fine_tune``: ``"auto"`` (the registry's top block,
-            ``default_unfreeze``), a layer-name prefix such as ``"block5"``,
-            ``"last:N"`` or ``"all"``.
-
-    Raises:
-        KbenchError: unknown recipe name or non-positive values.
+    Attributes:
+        name: the phase's name in ``metrics.csv`` and ``results.json``: letters, digits
+            and ``_ . + -``, unique within the list.
+        epochs: epochs of the phase, an integer >= 0 (0 skips the phase).
+        learning_rate: the optimizer's learning rate in this phase, > 0.
+        train: which backbone layers train (the head always trains): ``none`` (frozen
+            backbone), ``all``, ``auto`` (from the backbone's top block in the registry,
+            e.g. ``block5`` for VGG16), ``from:<prefix>`` (from the first layer whose name
+            starts with ``<prefix>`` to the top), ``last:<N>`` (the top N layers) or a
+            plain ``<prefix>`` (same as ``from:<prefix>``).
+        base_inference: run the backbone in inference mode: BatchNormalization stays frozen
+            and keeps its moving statistics, backbone dropout is off. ``null`` (default):
+            true unless ``train`` is ``all``, as the presets do (``fine_tune`` keeps
+            BatchNormalization frozen, ``full``/``scratch`` train it).
     """
-    if recipe not in RECIPES:
-        raise KbenchError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    if epochs < 0 or fine_tune_epochs < 0:
-        raise KbenchError(f"epochs must be >= 0, got epochs={epochs}, fine_tune_epochs={fine_tune_epochs}")
-    if learning_rate <= 0:
-        raise KbenchError(f"learning rate must be > 0, got {learning_rate}")
-    if recipe in ("feature_extraction", "seed_tutorial"):
-        return [Phase(recipe, epochs, learning_rate, "none")]
-    if recipe in ("full", "scratch"):
-        return [Phase(recipe, epochs, learning_rate, "all", base_inference=False)]
-    ft_lr = fine_tune_learning_rate if fine_tune_learning_rate is not None else learning_rate / 10
-    if ft_lr <= 0:
-        raise KbenchError(f"fine-tune learning rate must be > 0, got {ft_lr}")
-    target = default_unfreeze if unfreeze == "auto" else unfreeze
-    if target == "all":
-        spec = "all"
-    elif target.startswith("last:"):
-        spec = target
-    else:
-        spec = f"from:{target}"
-    return [Phase("feature_extraction", epochs, learning_rate, "none"),
-            Phase("fine_tune", fine_tune_epochs, ft_lr, spec)]
+
+    name: str
+    epochs: int
+    learning_rate: float
+    train: str
+    base_inference: Optional[bool] = None
 
 
-def first_trainable_index(base: keras.Model, train_base: str) -> int:
-    """Index in ``base.layers`` of the lowest layer that trains (``len(layers)`` if none).
-
-    Raises:
-        KbenchError: the prefix matches no layer, or N is not a positive integer.
-    """
-    n = len(base.layers)
-    if train_base == "none":
-        return n
-    if train_base == "all":
-        return 1  # layer 0 is the InputLayer
-    if train_base.startswith("last:"):
-        try:
-            k = int(train_base[5:])
-        except ValueError:
-            k = 0
-        if k <= 0:
-            raise KbenchError(f"unfreeze {train_base!r}: N must be a positive integer, e.g. last:4")
-        return max(1, n - k)
-    prefix = train_base.removeprefix("from:")
-    for i, layer in enumerate(base.layers):
-        if layer.name.startswith(prefix):
-            return i
-    blocks = sorted({layer.name.split("_")[0] for layer in base.layers[1:]})
-    raise KbenchError(
-        f"unfreeze {prefix!r} matches no layer of {base.name!r}; use a layer-name prefix "
-        f"(e.g. one of {', '.join(blocks[:12])}), 'last:N' or 'all'"
-    )
-
-
-def apply_phase(base: keras.Model, phase: Phase) -> int:
-    """Set ``trainable`` on every backbone layer for ``phase``.
-
-    Layers from :func:`first_trainable_index` up train; the rest are frozen. In a
-    phase with ``base_inference`` BatchNormalization layers stay frozen too, so
-    their moving mean/variance never change (Keras runs a frozen BN in inference
-    mode).
-
-    Returns:
-        The index of the first trainable layer (``len(base.layers)`` if none).
-    """
-    start = first_trainable_index(base, phase.train_base)
-    base.trainable = start < len(base.layers)
-    for i, layer in enumerate(base.layers):
-        train = i >= start
-        if phase.base_inference and isinstance(layer, keras.layers.BatchNormalization):
-            train = False
-        layer.trainable = train
-    return start
-
-
-def count_params(model: keras.Model) -> tuple[int, int]:
-    """``(trainable, non_trainable)`` parameter counts (BN moving stats are non-trainable)."""
-    t = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    nt = sum(int(np.prod(v.shape)) for v in model.non_trainable_variables if "seed_generator" not in v.path)
-    return t, nt
-
-
-def _leaf_layers(layer):
-    subs = getattr(layer, "layers", None)
-    if subs:
-        for sub in subs:
-            yield from _leaf_layers(sub)
-    else:
-        yield layer
-
-
-def frozen_variables(model: keras.Model) -> list:
-    """Variables of every frozen (``trainable=False``) layer: frozen weights and the
-    moving statistics of frozen BatchNormalization layers. Random-generator states
-    (dropout's ``SeedGenerator``) are left out: they advance by design. The moving
-    statistics of a *trainable* BatchNormalization (``full``/``scratch``) update
-    by design and are not included either."""
-    seen, out = set(), []
-    for layer in _leaf_layers(model):
-        if layer.trainable:
-            continue
-        for v in layer.variables:
-            if "seed_generator" not in v.path and id(v) not in seen:
-                seen.add(id(v))
-                out.append(v)
-    return out
-
-
-def snapshot_frozen(model: keras.Model) -> dict[str, np.ndarray]:
-    """Copies of every variable of :func:`frozen_variables`."""
-    return {v.path: np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in frozen_variables(model)}
-
-
-def check_frozen_unchanged(model: keras.Model, before: dict[str, np.ndarray], phase: str) -> None:
-    """Fail loudly if any variable frozen during ``phase`` changed (bit-for-bit).
-
-    Raises:
-        RuntimeError: lists the variables that changed; this is a kbench bug or a
-            callback that modified frozen weights, never a user error.
-    """
-    changed = []
-    for v in frozen_variables(model):
-        old = before.get(v.path)
-        if old is not None and not np.array_equal(old, keras.ops.convert_to_numpy(v.value)):
-            changed.append(v.path)
-    if changed:
-        raise RuntimeError(f"phase {phase!r} changed {len(changed)} frozen variable(s): {', '.join(changed[:10])}")
-
-
-def cache_cut(base: keras.Model, start: int) -> str | None:
-    """Name of the deepest base layer whose output can serve as a frozen-prefix cache.
-
-    Searches down from the layer just below the first trainable one (``start``)
-    for an output that every path of the graph passes through (a bottleneck), so
-    that ``base[cut:]`` is a model of its own. Returns ``None`` when nothing below
-    ``start`` qualifies.
-    """
-    top = min(start, len(base.layers)) - 1
-    for i in range(top, max(0, top - 64), -1):
-        layer = base.layers[i]
-        if i == len(base.layers) - 1:
-            return layer.name
-        try:
-            keras.Model(layer.output, base.output)
-        except (ValueError, KeyError):
-            continue
-        return layer.name
-    return None
-
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+PHASE_KEYS = tuple(f.name for f in fields(PhaseConfig))
+REQUIRED_PHASE_KEYS = PHASE_KEYS[:4]
 
 
 @dataclass
@@ -220,12 +97,14 @@ class Recipe:
     """A recipe ready to run: phases plus optimizer settings.
 
     Attributes:
-        name: recipe name (see ``kbench.recipes.RECIPES``).
-        phases: the :class:`~kbench.recipes.Phase` list, run in order.
-        optimizer: one of :data:`OPTIMIZERS`.
+        name: a preset's name (:data:`~kbench.recipes.presets.PRESETS`) or the label of a
+            ``recipe.phases`` list; ``results.json`` records it as ``recipe``.
+        phases: the :class:`Phase` list, run in order.
+        optimizer: one of :data:`~kbench.recipes.optimizers.OPTIMIZERS`.
         weight_decay: decoupled weight decay (adamw) or L2 factor for others; 0 = off.
         momentum: SGD momentum.
-        cache: ``"auto"`` uses the frozen-prefix cache where it is exact; ``"off"`` never.
+        cache: one of :data:`CACHE_MODES`: ``"auto"`` uses the frozen-prefix cache where it
+            is exact; ``"off"`` never.
         pretrained: False when the recipe trains the architecture from scratch
             (``scratch``): ``model.weights`` is then ignored.
     """
@@ -239,32 +118,255 @@ class Recipe:
     pretrained: bool = True
 
 
-def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
-    """A fresh Keras optimizer (a new one per phase: Keras recompiles per phase)."""
-    wd = weight_decay or None
-    if name == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=wd)
-    if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=weight_decay or 0.004)
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=momentum, weight_decay=wd)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, weight_decay=wd)
-    raise KbenchError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+def train_form(train: str) -> tuple[str, str | int | None]:
+    """Parse a ``train`` value (see :class:`PhaseConfig`).
+
+    Returns:
+        ``("none" | "all" | "auto", None)``, ``("from", prefix)`` or ``("last", N)``.
+
+    Raises:
+        ValueError: why the value is not valid (the caller says where it came from).
+    """
+    if not isinstance(train, str):
+        raise ValueError(f"{train!r} is not a string; use {TRAIN_FORMS}")
+    if train in ("none", "all", "auto"):
+        return train, None
+    kind, sep, rest = train.partition(":")
+    if not sep and train.strip():
+        return "from", train
+    if kind == "from" and rest and ":" not in rest:
+        return "from", rest
+    if kind == "last":
+        if rest.isascii() and rest.isdigit() and int(rest) > 0:
+            return "last", int(rest)
+        raise ValueError(f"{train!r}: N must be a positive integer, e.g. last:4")
+    raise ValueError(f"{train!r} is not valid; use {TRAIN_FORMS}")
+
+
+def train_base(train: str, default_unfreeze: str) -> str:
+    """:attr:`Phase.train_base` for a ``train`` value: ``none``, ``all``, ``from:<prefix>``
+    or ``last:<N>``; ``auto`` becomes the backbone's ``default_unfreeze`` (registry).
+
+    Raises:
+        ValueError: ``train`` (or ``default_unfreeze`` for ``auto``) is not valid.
+    """
+    kind, arg = train_form(train)
+    if kind == "auto":
+        kind, arg = train_form(default_unfreeze)
+        if kind == "auto":
+            raise ValueError(f"'auto' needs the backbone's top block, got default_unfreeze={default_unfreeze!r}")
+    return kind if arg is None else f"{kind}:{arg}"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_phase_values(row: dict, at: str) -> None:
+    """Raise one :class:`KbenchError` for the first bad value of a phase entry."""
+    name = row["name"]
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise KbenchError(f"{at}: name {name!r} is not a usable phase name; use letters, digits and _ . + - "
+                          "(e.g. head)")
+    if not _is_int(row["epochs"]) or row["epochs"] < 0:
+        raise KbenchError(f"{at}: epochs must be an integer >= 0 (0 skips the phase), got {row['epochs']!r}")
+    if not _is_number(row["learning_rate"]) or row["learning_rate"] <= 0:
+        raise KbenchError(f"{at}: learning_rate must be a number > 0 (e.g. 1e-4), got {row['learning_rate']!r}")
+    try:
+        train_form(row["train"])
+    except ValueError as e:
+        raise KbenchError(f"{at}: train {e}") from None
+    if row["base_inference"] is not None and not isinstance(row["base_inference"], bool):
+        raise KbenchError(f"{at}: base_inference must be true, false or null (= true unless train is all), "
+                          f"got {row['base_inference']!r}")
+
+
+def _phase_config(row, at: str) -> PhaseConfig:
+    """One checked :class:`PhaseConfig` from a mapping (or a PhaseConfig)."""
+    if isinstance(row, PhaseConfig):
+        row = asdict(row)
+    if not isinstance(row, dict):
+        raise KbenchError(f"{at} is {row!r}, not a mapping; write each phase as "
+                          "{name: ..., epochs: ..., learning_rate: ..., train: ...}")
+    unknown = [k for k in row if k not in PHASE_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), PHASE_KEYS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KbenchError(f"{at}: unknown key {unknown[0]!r}.{hint} Valid keys: {', '.join(PHASE_KEYS)}")
+    missing = [k for k in REQUIRED_PHASE_KEYS if k not in row]
+    if missing:
+        raise KbenchError(f"{at}: missing key {', '.join(missing)}; every phase needs {', '.join(REQUIRED_PHASE_KEYS)} "
+                          "(base_inference is optional)")
+    row = {"base_inference": None, **row}
+    _check_phase_values(row, f"{at} ({row['name']!r})" if isinstance(row["name"], str) else at)
+    return PhaseConfig(**{**row, "learning_rate": float(row["learning_rate"])})
+
+
+def phase_configs(rows, where: str = "recipe.phases") -> list[PhaseConfig]:
+    """Check a phase list (mappings with :class:`PhaseConfig`'s keys, or PhaseConfig objects).
+
+    Args:
+        where: what the list is called in messages (``recipe.phases``).
+
+    Raises:
+        KbenchError: one message naming the phase (1-based position and name), the bad
+            key or value, and what to write instead.
+    """
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise KbenchError(f"{where} must be a non-empty list of phases, e.g. [{{name: head, epochs: 3, "
+                          f"learning_rate: 1e-3, train: none}}], or null for the recipe.name preset; got {rows!r}")
+    out, seen = [], {}
+    for i, row in enumerate(rows, 1):
+        pc = _phase_config(row, f"phase {i} of {where}")
+        if pc.name in seen:
+            raise KbenchError(f"phase {i} of {where}: name {pc.name!r} is already phase {seen[pc.name]}'s; "
+                              "give every phase its own name")
+        seen[pc.name] = i
+        out.append(pc)
+    return out
+
+
+def resolve_phases(configs: list[PhaseConfig], default_unfreeze: str) -> list[Phase]:
+    """The :class:`Phase` list of checked :class:`PhaseConfig` entries for a backbone whose
+    registry top block is ``default_unfreeze`` (what ``train: auto`` means).
+
+    Raises:
+        KbenchError: ``default_unfreeze`` is not a valid ``train`` value (a registry bug).
+    """
+    out = []
+    for pc in configs:
+        try:
+            base = train_base(pc.train, default_unfreeze)
+        except ValueError as e:
+            raise KbenchError(f"phase {pc.name!r}: train {e}") from None
+        inference = pc.base_inference if pc.base_inference is not None else base != "all"
+        out.append(Phase(pc.name, pc.epochs, float(pc.learning_rate), base, inference))
+    return out
+
+
+def recipe_label(cfg) -> str:
+    """The recipe's name: ``cfg.name`` for a preset; for ``recipe.phases`` a label of the
+    user's own, or :data:`CUSTOM_LABEL` when ``recipe.name`` is left at its default.
+
+    Args:
+        cfg: a :class:`~kbench.config.RecipeConfig`.
+
+    Raises:
+        KbenchError: an unknown preset name, a preset name other than the default next to
+            ``recipe.phases`` (the phases are not that preset's), or an unusable label.
+    """
+    name = cfg.name
+    if cfg.phases is None:
+        if name not in PRESETS:
+            raise KbenchError(f"recipe.name {name!r} is not a recipe preset; choose one of: {', '.join(PRESETS)} "
+                              "(or give recipe.phases, and recipe.name labels them)")
+        return name
+    if name == _defaults(cfg)["name"]:
+        return CUSTOM_LABEL
+    if name in PRESETS:
+        raise KbenchError(f"recipe.name {name!r} is a preset, but recipe.phases replaces the preset's phases; drop "
+                          f"recipe.name (the recipe is then labelled {CUSTOM_LABEL!r}) or give a label of your own")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise KbenchError(f"recipe.name {name!r} is not a usable label for recipe.phases (it names run folders); "
+                          "use letters, digits and _ . + -")
+    return name
+
+
+def _defaults(cfg) -> dict:
+    return {f.name: f.default for f in fields(cfg)}
+
+
+def _check_preset_keys(cfg) -> None:
+    """The :data:`~kbench.recipes.presets.PRESET_KEYS` values, each named in its message."""
+    for key in ("epochs", "fine_tune_epochs"):
+        v = getattr(cfg, key)
+        if not _is_int(v) or v < 0:
+            raise KbenchError(f"recipe.{key} must be an integer >= 0, got {v!r}")
+    for key in ("learning_rate", "fine_tune_learning_rate"):
+        v = getattr(cfg, key)
+        if (v is not None or key == "learning_rate") and (not _is_number(v) or v <= 0):
+            raise KbenchError(f"recipe.{key} must be a number > 0, got {v!r}")
+    try:
+        train_form(cfg.unfreeze)
+    except ValueError as e:
+        raise KbenchError(f"recipe.unfreeze {e}") from None
+
+
+def _check_phases_replace_presets(cfg) -> None:
+    """Refuse preset keys changed from their defaults next to ``recipe.phases``."""
+    defaults = _defaults(cfg)
+    changed = [f"recipe.{k}={getattr(cfg, k)!r}" for k in PRESET_KEYS if getattr(cfg, k) != defaults[k]]
+    if changed:
+        raise KbenchError(f"recipe.phases replaces the preset's phases, so {', '.join(changed)} would have no "
+                          f"effect; drop {'it' if len(changed) == 1 else 'them'} and set epochs, learning_rate and train in each phase")
+
+
+def _recipe_phases(cfg, default_unfreeze: str) -> tuple[list[Phase], bool]:
+    """``(phases, pretrained)`` of a recipe config (name already checked by :func:`recipe_label`)."""
+    if cfg.phases is None:
+        _check_preset_keys(cfg)
+        preset = PRESETS[cfg.name]
+        rows, where, pretrained = preset.phases(cfg), f"recipe {cfg.name!r}", preset.pretrained
+    else:
+        _check_phases_replace_presets(cfg)
+        rows, where, pretrained = cfg.phases, "recipe.phases", True
+    return resolve_phases(phase_configs(rows, where), default_unfreeze), pretrained
+
+
+def make_phases(recipe: str, epochs: int, learning_rate: float, fine_tune_epochs: int = 0,
+                fine_tune_learning_rate: float | None = None, unfreeze: str = "auto",
+                default_unfreeze: str = "block5") -> list[Phase]:
+    """Phases of a named preset.
+
+    Args:
+        unfreeze: for ``fine_tune``: ``"auto"`` (the registry's top block,
+            ``default_unfreeze``), a layer-name prefix such as ``"block5"``,
+            ``"last:N"`` or ``"all"``.
+
+    Raises:
+        KbenchError: unknown recipe name or a bad value (named in the message).
+    """
+    cfg = SimpleNamespace(name=recipe, phases=None, epochs=epochs, learning_rate=learning_rate,
+                          fine_tune_epochs=fine_tune_epochs, fine_tune_learning_rate=fine_tune_learning_rate,
+                          unfreeze=unfreeze)
+    recipe_label(cfg)
+    return _recipe_phases(cfg, default_unfreeze)[0]
 
 
 def build_recipe(cfg, default_unfreeze: str) -> Recipe:
     """The :class:`Recipe` that a :class:`~kbench.config.RecipeConfig` describes.
 
+    ``recipe.phases`` (when not null) replaces the preset's phases: ``recipe.name`` is
+    then a label (see :func:`recipe_label`), the preset keys
+    (:data:`~kbench.recipes.presets.PRESET_KEYS`) must stay at their defaults, and the
+    model starts from ``model.weights``.
+
     Args:
         cfg: the ``recipe`` config section.
         default_unfreeze: the backbone's top block (registry ``unfreeze``), used where
-            the recipe says ``unfreeze: auto``.
+            the recipe says ``auto``.
 
     Raises:
-        KbenchError: unknown recipe, bad epochs or learning rates.
+        KbenchError: unknown recipe, bad phases, epochs or learning rates (one message
+            naming the key or phase and what to do).
     """
-    phases = make_phases(cfg.name, cfg.epochs, cfg.learning_rate, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
-                         cfg.unfreeze, default_unfreeze)
-    return Recipe(cfg.name, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache,
-                  pretrained=cfg.name != "scratch")
+    label = recipe_label(cfg)
+    phases, pretrained = _recipe_phases(cfg, default_unfreeze)
+    if cfg.cache not in CACHE_MODES:
+        raise KbenchError(f"recipe.cache {cfg.cache!r} is not valid; choose one of: {', '.join(CACHE_MODES)}")
+    return Recipe(label, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache, pretrained=pretrained)
+
+
+def __getattr__(name: str):
+    """Names that moved to :mod:`~kbench.recipes.freezing` and :mod:`~kbench.recipes.optimizers`
+    stay importable from here (resolved lazily through the package, so this module stays
+    keras-free)."""
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import kbench.recipes
+
+    return getattr(kbench.recipes, name)

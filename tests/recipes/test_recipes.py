@@ -50,6 +50,19 @@ def test_unknown_unfreeze_prefix(vgg):
         apply_phase(vgg.base, make_phases("fine_tune", 1, 1e-3, 1, None, "block9")[1])
 
 
+def test_every_phase_is_checked_against_the_layers_before_training(vgg):
+    from kbench.recipes import check_train_layers, phase_configs, resolve_phases
+
+    rows = [{"name": "head", "epochs": 1, "learning_rate": 1e-3, "train": "none"},
+            {"name": "top", "epochs": 1, "learning_rate": 1e-4, "train": "block5"},
+            {"name": "deep", "epochs": 1, "learning_rate": 1e-5, "train": "from:blok3"}]
+    phases = resolve_phases(phase_configs(rows), "block5")
+    layers = [layer.name for layer in vgg.base.layers]
+    assert check_train_layers(vgg.base, phases[:2]) == [len(layers), layers.index("block5_conv1")]
+    with pytest.raises(KbenchError, match="phase 'deep': layer-name prefix 'blok3' matches no layer of 'vgg16'"):
+        check_train_layers(vgg.base, phases)
+
+
 def test_cache_cut_points(vgg):
     layers = [layer.name for layer in vgg.base.layers]
     assert cache_cut(vgg.base, len(layers)) == "block5_pool"
