@@ -39,6 +39,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     """
     from kbench.data import DataModule
     from kbench.models import build_model
+    from kbench.recipes import check_train_layers
     from kbench.trainer import setup_process
 
     setup_process(cfg.trainer.precision, cfg.trainer.seed, cfg.trainer.deterministic)
@@ -50,6 +51,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     _check_resume_or_root(cfg)
     dm.setup()
     model = build_model(**vars(cfg.model), num_classes=dm.num_classes, class_names=dm.class_names)
+    check_train_layers(model.base, recipe.phases)  # a bad layer prefix in any phase: before the run folder
     if not cfg.resume:
         trainer.make_run_dir()
     return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)

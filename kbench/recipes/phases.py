@@ -359,14 +359,3 @@ def build_recipe(cfg, default_unfreeze: str) -> Recipe:
     if cfg.cache not in CACHE_MODES:
         raise KbenchError(f"recipe.cache {cfg.cache!r} is not valid; choose one of: {', '.join(CACHE_MODES)}")
     return Recipe(label, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache, pretrained=pretrained)
-
-
-def __getattr__(name: str):
-    """Names that moved to :mod:`~kbench.recipes.freezing` and :mod:`~kbench.recipes.optimizers`
-    stay importable from here (resolved lazily through the package, so this module stays
-    keras-free)."""
-    if name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import kbench.recipes
-
-    return getattr(kbench.recipes, name)

@@ -34,7 +34,7 @@ from rich.console import Console
 from kbench import KbenchError, backend
 from kbench.data import DataModule
 from kbench.models import TransferModel
-from kbench.recipes import Recipe
+from kbench.recipes import Recipe, check_train_layers
 from kbench.trainer import checkpoint
 from kbench.trainer.best import BestTracker
 from kbench.trainer.cache import FeatureCache
@@ -169,6 +169,7 @@ class Trainer:
         """
         t_start = time.perf_counter()
         datamodule.setup()
+        check_train_layers(model.base, recipe.phases)  # every phase's layers exist, before any trains
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
         plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run)
