@@ -35,15 +35,15 @@ from kbench.trainer.best import MONITORS
 # The allowed values of each key, derived from its registry (keras-free modules), so that
 # adding a backbone, source, head, preset, optimizer or monitor touches only its registry.
 BackboneName = Literal[tuple(BACKBONES)]
-SourceName = Literal[SOURCES]
+SourceName = Literal[tuple(SOURCES)]
 InterpolationName = Literal[tuple(INTERPOLATIONS)]
-HeadName = Literal[HEADS]
+HeadName = Literal[tuple(HEADS)]
 PreprocessName = Literal[("auto", *PREPROCESS_MODES)]
 RecipeName = Union[Literal[tuple(PRESETS)], str]  # a preset; with recipe.phases a label of your own
 OptimizerName = Literal[tuple(OPTIMIZERS)]
-CacheMode = Literal[CACHE_MODES]
-PrecisionName = Literal[PRECISIONS]
-MonitorName = Literal[MONITORS]
+CacheMode = Literal[tuple(CACHE_MODES)]
+PrecisionName = Literal[tuple(PRECISIONS)]
+MonitorName = Literal[tuple(MONITORS)]
 # Which config key takes its values from which registry (tests/test_config.py checks them).
 CHOICES = {"model.backbone": BackboneName, "data.source": SourceName, "data.interpolation": InterpolationName,
            "model.head": HeadName, "model.preprocess": PreprocessName, "recipe.name": RecipeName,

@@ -109,8 +109,8 @@ def test_config_choices_are_the_registries():
     from kbench.recipes import CACHE_MODES, OPTIMIZERS, PRESETS
     from kbench.trainer.best import MONITORS
 
-    registries = {"model.backbone": tuple(BACKBONES), "data.source": SOURCES, "data.interpolation": tuple(INTERPOLATIONS),
-                  "model.head": HEADS, "model.preprocess": ("auto", *PREPROCESS_MODES), "recipe.name": tuple(PRESETS),
+    registries = {"model.backbone": tuple(BACKBONES), "data.source": tuple(SOURCES), "data.interpolation": tuple(INTERPOLATIONS),
+                  "model.head": tuple(HEADS), "model.preprocess": ("auto", *PREPROCESS_MODES), "recipe.name": tuple(PRESETS),
                   "recipe.optimizer": tuple(OPTIMIZERS), "recipe.cache": CACHE_MODES, "trainer.precision": PRECISIONS,
                   "trainer.monitor": MONITORS}
 
