@@ -93,11 +93,11 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None):
 
 def _check_resume_or_root(cfg: RunConfig) -> None:
     """Before any work: a ``--resume`` checkpoint must be readable (not a newer
-    format); a new run's root folder must be writable."""
+    format) and from this backend; a new run's root folder must be writable."""
     if cfg.resume:
-        from kbench.trainer import checkpoint
+        from kbench.trainer.resume import find_resume_point
 
-        checkpoint.load_state(checkpoint.find(cfg.resume))  # a newer format or no checkpoint: fail before work
+        find_resume_point(cfg.resume)  # no checkpoint, a newer format or another backend: fail before work
     else:
         check_writable(cfg.trainer.default_root_dir)
 

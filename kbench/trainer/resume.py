@@ -15,7 +15,7 @@ import os
 import signal
 from typing import Callable, NoReturn
 
-from kbench import KbenchError
+from kbench import KbenchError, backend
 from kbench.trainer import checkpoint
 from kbench.trainer.callbacks import CSV_FIELDS, NonFiniteLoss, TrainingInterrupted
 from kbench.trainer.results import write_status
@@ -27,12 +27,19 @@ def find_resume_point(path: str | None) -> ResumePoint | None:
     with its state, or None for no ``path``.
 
     Raises:
-        KbenchError: no checkpoint there, or an unreadable or newer ``state.json``.
+        KbenchError: no checkpoint there, an unreadable or newer ``state.json``, or a
+            checkpoint written by another Keras backend (resuming across backends is
+            not supported: optimizer slots and random-generator states differ).
     """
     if not path:
         return None
     ckpt = checkpoint.find(path)
-    return ResumePoint(ckpt, checkpoint.load_state(ckpt))
+    saved = checkpoint.load_state(ckpt)
+    written_by, now = saved.get("backend"), backend.name()
+    if written_by and written_by != now:
+        raise KbenchError(f"checkpoint {ckpt!r} was written on the {written_by} backend, this process runs {now}; "
+                          f"resume it with KERAS_BACKEND={written_by} (resuming on another backend is not supported)")
+    return ResumePoint(ckpt, saved)
 
 
 def restore_run(point: ResumePoint, state: TrainerState, run: FitRun) -> None:
@@ -115,13 +122,13 @@ def on_interrupt(e: TrainingInterrupted, state: TrainerState, run: FitRun, check
         path = resumable
     elif checkpoints:
         path = _snapshot(state, run)
-    resume = (f"python -m kbench.run --resume {run.run_dir}" if resumable else
-              f"python -m kbench.run --config {os.path.join(run.run_dir, 'config.yaml')} "
-              "(no epoch had finished: start again)")
+    prefix = f"KERAS_BACKEND={backend.name()} python -m kbench.run"
+    resume = (f"{prefix} --resume {run.run_dir}" if resumable else
+              f"{prefix} --config {os.path.join(run.run_dir, 'config.yaml')}")
     write_status(run.run_dir, "interrupted", signal=name, epoch=state.epoch, step=state.step,
                  batches_done=state.batches_done, history=state.history,
                  interrupted_checkpoint=path, resume_from=resumable, resume=resume)
-    log(f"resume with: {resume}")
+    log(f"resume with: {resume}" if resumable else f"no epoch had finished, so start again with: {resume}")
 
 
 def on_non_finite(e: NonFiniteLoss, state: TrainerState, run_dir: str) -> NoReturn:

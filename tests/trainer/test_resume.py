@@ -123,7 +123,9 @@ def test_ctrl_c_inside_an_epoch_checkpoints_that_batch_and_resumes_exactly(cifar
     assert res["status"] == "interrupted" and res["signal"] == "SIGINT"
     assert res["epoch"] == 3 and res["step"] == 11 and res["batches_done"] == 2
     assert res["resume"].endswith(str(run_dir)) and res["resume_from"].endswith("interrupted")
-    assert "resume with: python -m kbench.run --resume" in " ".join(p.stdout.split())
+    backend_name = keras.backend.backend()
+    assert f"resume with: KERAS_BACKEND={backend_name} python -m kbench.run --resume" in " ".join(p.stdout.split())
+    assert res["resume"] == f"KERAS_BACKEND={backend_name} python -m kbench.run --resume {run_dir}"
     state = checkpoint.load_state(str(run_dir / "checkpoints" / "interrupted"))
     assert (state["kind"], state["phase"], state["batches_done"]) == ("interrupted", "fine_tune", 2)
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "interrupted"
@@ -207,6 +209,12 @@ def test_resume_refuses_other_config_and_newer_format(cifar_dir, tmp_path, capsy
     state_file.write_text(json.dumps({**state, "format": checkpoint.CKPT_FORMAT + 1}))
     assert main(["--resume", str(run_dir)]) == 2
     assert "newer than this kbench understands" in capsys.readouterr().out
+    other = next(b for b in ("jax", "tensorflow", "torch") if b != keras.backend.backend())
+    state_file.write_text(json.dumps({**state, "backend": other}))
+    assert main(["--resume", str(run_dir)]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"was written on the {other} backend" in out and f"resume it with KERAS_BACKEND={other}" in out
+    assert sorted(x.name for x in (run_dir / "checkpoints").iterdir()) == ["epoch-0001", "last.json"]
 
 
 # A user-written phase list, not a preset: the cache cut moves down (block5_pool -> block4_pool) and
