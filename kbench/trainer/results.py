@@ -8,13 +8,13 @@ names and the preprocessing mode.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from rich.table import Table
 
 from kbench import KbenchError, __version__, backend
+from kbench.subproc import write_json
 
 RESULTS_FORMAT = 1
 
@@ -40,16 +40,6 @@ def make_run_dir(root: str, name: str) -> str:
         raise KbenchError(f"cannot create run folder {path!r} ({e.strerror}); "
                           "set --trainer.default_root_dir to a writable folder") from None
     return path
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: list[dict], test: dict,
@@ -100,7 +90,7 @@ def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: l
         "model_path": os.path.basename(model_path),
         **(extra or {}),
     }
-    write_json_atomic(os.path.join(run_dir, "results.json"), results)
+    write_json(os.path.join(run_dir, "results.json"), results, indent=2)
     return results
 
 
@@ -111,7 +101,7 @@ def write_status(run_dir: str, status: str, **fields) -> dict:
     results = {"format": RESULTS_FORMAT, "kbench_version": __version__,
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": status,
                "backend": backend.name(), "versions": backend.versions(), "device": backend.device(), **fields}
-    write_json_atomic(os.path.join(run_dir, "results.json"), results)
+    write_json(os.path.join(run_dir, "results.json"), results, indent=2)
     return results
 
 
