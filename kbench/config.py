@@ -29,6 +29,7 @@ from kbench.data.sources import INTERPOLATIONS, SOURCES
 from kbench.models.registry import BACKBONES, HEADS, PREPROCESS_MODES
 from kbench.recipes.optimizers import OPTIMIZERS
 from kbench.recipes.phases import CACHE_MODES, build_recipe, phase_configs
+from kbench.recipes.policy import BN_MODES, PHASE_POLICY, RECIPE_POLICY, SCHEDULES
 from kbench.recipes.presets import PRESETS
 from kbench.trainer.best import MONITORS
 
@@ -42,12 +43,15 @@ PreprocessName = Literal[("auto", *PREPROCESS_MODES)]
 RecipeName = Union[Literal[tuple(PRESETS)], str]  # a preset; with recipe.phases a label of your own
 OptimizerName = Literal[tuple(OPTIMIZERS)]
 CacheMode = Literal[tuple(CACHE_MODES)]
+ScheduleName = Literal[tuple(SCHEDULES)]
+BnMode = Literal[tuple(BN_MODES)]
 PrecisionName = Literal[tuple(PRECISIONS)]
 MonitorName = Literal[tuple(MONITORS)]
 # Which config key takes its values from which registry (tests/test_config.py checks them).
 CHOICES = {"model.backbone": BackboneName, "data.source": SourceName, "data.interpolation": InterpolationName,
            "model.head": HeadName, "model.preprocess": PreprocessName, "recipe.name": RecipeName,
-           "recipe.optimizer": OptimizerName, "recipe.cache": CacheMode, "trainer.precision": PrecisionName,
+           "recipe.optimizer": OptimizerName, "recipe.cache": CacheMode,
+           "recipe.schedule": ScheduleName, "recipe.bn": BnMode, "trainer.precision": PrecisionName,
            "trainer.monitor": MonitorName}
 
 
@@ -127,10 +131,29 @@ class RecipeConfig:
             (none, all, auto, from:<layer-name prefix>, last:<N> or a prefix), base_inference (optional: the
             backbone in inference mode, BatchNormalization frozen; null = true unless train is all).
             null = the preset's phases.
+            Optional phase keys: schedule, warmup_steps, warmup_epochs, final_lr_fraction, layer_decay,
+            lr_mult, bn (null = the recipe key of the same name); learning_rate may be auto (LR finder).
         optimizer: the optimizer (sgd uses momentum; adamw with weight_decay 0 uses 0.004).
         weight_decay: weight decay (0 = off).
         momentum: SGD momentum.
         cache: auto = train on cached frozen-prefix features where that is exact; off = never.
+        schedule: learning-rate schedule of every phase that sets none: constant, cosine (to
+            final_lr_fraction), step (x0.1 at 50% and 75% of the phase) or one_cycle (fastai).
+        warmup_steps: linear warm-up over this many optimizer updates at the start of each phase.
+        warmup_epochs: warm-up in epochs instead (fractions allowed; not both).
+        final_lr_fraction: cosine / one_cycle end at this fraction of the phase's learning rate.
+        layer_decay: layer-wise learning rates (timm): the top backbone block trains at lr * decay, the next
+            block down at lr * decay^2, ...; the head at lr (null = off).
+        lr_mult: learning-rate multipliers by layer-name prefix, e.g. {block4: 0.1, block5: 0.3} (fastai slice).
+        bn: BatchNormalization of trainable blocks: frozen (inference mode, statistics fixed) or train
+            (null = frozen unless a phase trains all layers).
+        accumulate_steps: average gradients over this many batches per optimizer update (effective batch
+            size = batch_size x accumulate_steps; schedules count updates).
+        clip_norm: clip gradients to this global norm (null = off).
+        ema: keep an exponential moving average of the trained weights with this momentum (e.g. 0.999);
+            validation, testing and the saved model use the averaged weights (null = off).
+        swa_epochs: stochastic weight averaging over the last N epochs of the last phase (0 = off).
+        lr_find_steps: steps of the learning-rate sweep behind learning_rate: auto.
     """
 
     name: RecipeName = "fine_tune"
@@ -144,6 +167,18 @@ class RecipeConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     cache: CacheMode = "auto"
+    schedule: ScheduleName = PHASE_POLICY["schedule"]
+    warmup_steps: int = PHASE_POLICY["warmup_steps"]
+    warmup_epochs: float = PHASE_POLICY["warmup_epochs"]
+    final_lr_fraction: float = PHASE_POLICY["final_lr_fraction"]
+    layer_decay: Optional[float] = PHASE_POLICY["layer_decay"]
+    lr_mult: Optional[dict[str, float]] = PHASE_POLICY["lr_mult"]
+    bn: Optional[BnMode] = PHASE_POLICY["bn"]
+    accumulate_steps: int = RECIPE_POLICY["accumulate_steps"]
+    clip_norm: Optional[float] = RECIPE_POLICY["clip_norm"]
+    ema: Optional[float] = RECIPE_POLICY["ema"]
+    swa_epochs: int = RECIPE_POLICY["swa_epochs"]
+    lr_find_steps: int = RECIPE_POLICY["lr_find_steps"]
 
 
 @dataclass

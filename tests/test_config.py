@@ -107,12 +107,13 @@ def test_config_choices_are_the_registries():
     from kbench.data.sources import INTERPOLATIONS, SOURCES
     from kbench.models.registry import BACKBONES, HEADS, PREPROCESS_MODES
     from kbench.recipes import CACHE_MODES, OPTIMIZERS, PRESETS
+    from kbench.recipes.policy import BN_MODES, SCHEDULES
     from kbench.trainer.best import MONITORS
 
     registries = {"model.backbone": tuple(BACKBONES), "data.source": tuple(SOURCES), "data.interpolation": tuple(INTERPOLATIONS),
                   "model.head": tuple(HEADS), "model.preprocess": ("auto", *PREPROCESS_MODES), "recipe.name": tuple(PRESETS),
                   "recipe.optimizer": tuple(OPTIMIZERS), "recipe.cache": CACHE_MODES, "trainer.precision": PRECISIONS,
-                  "trainer.monitor": MONITORS}
+                  "trainer.monitor": MONITORS, "recipe.schedule": SCHEDULES, "recipe.bn": BN_MODES}
 
     def literal(tp):
         if typing.get_origin(tp) is typing.Literal:
@@ -178,7 +179,9 @@ def test_phases_from_yaml_and_command_line_are_the_same(tmp_path):
     from_file = parse(["--config", str(f)]).recipe
     from_cli = parse(["--recipe.phases", json.dumps(THREE)]).recipe
     assert from_file == from_cli
-    assert from_file.phases == [{**p, "base_inference": None} for p in THREE]  # written out in full
+    optional = dict.fromkeys(["base_inference", "schedule", "warmup_steps", "warmup_epochs", "final_lr_fraction",
+                              "layer_decay", "lr_mult", "bn"])
+    assert from_file.phases == [{**p, **optional} for p in THREE]  # written out in full
     assert from_file.name == "custom"  # a phase list without a label of its own
 
 
@@ -216,14 +219,26 @@ def test_phases_refuse_preset_keys_and_preset_names(capsys, extra, match):
 
 @pytest.mark.parametrize("change,match", [
     ({"trian": "none"}, "phase 2 of recipe.phases: unknown key 'trian'. Did you mean 'train'? Valid keys: name, "
-                        "epochs, learning_rate, train, base_inference"),
+                        "epochs, learning_rate, train, base_inference, schedule, warmup_steps, warmup_epochs, "
+                        "final_lr_fraction, layer_decay, lr_mult, bn"),
     ({"train": None}, "phase 2 of recipe.phases: missing key train; every phase needs name, epochs, learning_rate"),
     ({"epochs": -1}, "phase 2 of recipe.phases ('top'): epochs must be an integer >= 0 (0 skips the phase), got -1"),
     ({"epochs": 1.5}, "phase 2 of recipe.phases ('top'): epochs must be an integer >= 0"),
-    ({"learning_rate": 0}, "phase 2 of recipe.phases ('top'): learning_rate must be a number > 0 (e.g. 1e-4), got 0"),
-    ({"learning_rate": "fast"}, "learning_rate must be a number > 0 (e.g. 1e-4), got 'fast'"),
+    ({"learning_rate": 0}, "phase 2 of recipe.phases ('top'): learning_rate must be a number > 0 (e.g. 1e-4) or auto (the LR finder's suggestion), got 0"),
+    ({"learning_rate": "fast"}, "learning_rate must be a number > 0 (e.g. 1e-4) or auto (the LR finder's suggestion), got 'fast'"),
     ({"train": "form:block5"}, "phase 2 of recipe.phases ('top'): train 'form:block5' is not valid; use none, all, "
-                               "auto, from:<layer-name prefix>, last:<N> or a layer-name prefix"),
+                               "auto, blocks:<K>, from:<layer-name prefix>, last:<N> or a layer-name prefix"),
+    ({"train": "blocks:x"}, "train 'blocks:x': K must be a positive integer, e.g. blocks:2"),
+    ({"layer_decay": -0.5}, "phase 2 of recipe.phases ('top'): layer_decay must be a number in (0, 1]"),
+    ({"schedule": "cosin"}, "phase 2 of recipe.phases ('top'): schedule 'cosin' is not known; choose one of: "
+                            "constant, cosine, step, one_cycle"),
+    ({"warmup_epochs": 3}, "warmup_epochs=3 is longer than the phase (2 epoch(s)); use at most 2"),
+    ({"warmup_steps": 5, "warmup_epochs": 1}, "give warmup_steps (5) or warmup_epochs (1), not both"),
+    ({"final_lr_fraction": 2}, "final_lr_fraction must be a number in [0, 1]"),
+    ({"lr_mult": {"block5": -1}}, "lr_mult['block5'] must be a number >= 0"),
+    ({"lr_mult": [0.1]}, "lr_mult must be a mapping of layer-name prefix to multiplier"),
+    ({"bn": "trian"}, "bn 'trian' is not valid; choose frozen"),
+    ({"bn": "train", "base_inference": True}, "bn 'train' contradicts base_inference True"),
     ({"train": "last:0"}, "train 'last:0': N must be a positive integer, e.g. last:4"),
     ({"base_inference": "maybe"}, "base_inference must be true, false or null (= true unless train is all), "
                                   "got 'maybe'"),
@@ -260,3 +275,21 @@ def test_bad_preset_values_name_the_key(capsys, extra, match):
     with pytest.raises(SystemExit) as e:
         parse(extra)
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--recipe.accumulate_steps", "0"], "recipe.accumulate_steps must be an integer >= 1 (1 = no accumulation), got 0"),
+    (["--recipe.ema", "1.0"], "recipe.ema must be a number in (0, 1), e.g. 0.999 (the EMA momentum), or null"),
+    (["--recipe.ema", "0"], "recipe.ema must be a number in (0, 1)"),
+    (["--recipe.clip_norm", "-1"], "recipe.clip_norm must be a number > 0"),
+    (["--recipe.swa_epochs", "-2"], "recipe.swa_epochs must be an integer >= 0"),
+    (["--recipe.layer_decay", "-0.7"], "recipe: layer_decay must be a number in (0, 1]"),
+    (["--recipe.warmup_epochs", "9"], "phase 'feature_extraction': warmup_epochs=9.0 is longer than the phase (6 epoch(s))"),
+    (["--recipe.lr_find_steps", "2"], "recipe.lr_find_steps must be an integer >= 5, got 2"),
+])
+def test_bad_toolkit_values_are_one_message_before_any_data(capsys, args, match):
+    """Issue 12's bad values: refused by the parser (no backend, no data read), one message."""
+    with pytest.raises(SystemExit) as e:
+        parse(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and match in err and "Traceback" not in err and len(err.splitlines()) == 2, err

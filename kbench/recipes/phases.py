@@ -24,11 +24,18 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from types import SimpleNamespace
 from typing import Optional
 
 from kbench import KbenchError
+from kbench.recipes.policy import (
+    RECIPE_POLICY,
+    block_prefix,
+    check_phase_policy,
+    check_recipe_policy,
+    inherit,
+)
 from kbench.recipes.presets import PRESET_KEYS, PRESETS
 
 CACHE_MODES = ("auto", "off")
@@ -36,7 +43,8 @@ CACHE_MODES = ("auto", "off")
 CUSTOM_LABEL = "custom"
 # Phase names and recipe labels: they are written to metrics.csv and name run folders.
 NAME_PATTERN = re.compile(r"[\w.+-]+")
-TRAIN_FORMS = "none, all, auto, from:<layer-name prefix>, last:<N> or a layer-name prefix"
+TRAIN_FORMS = "none, all, auto, blocks:<K>, from:<layer-name prefix>, last:<N> or a layer-name prefix"
+AUTO_LR = "auto"  # learning_rate: auto = the LR finder's suggestion (kbench.trainer.lr_finder)
 
 
 @dataclass(frozen=True)
@@ -51,14 +59,31 @@ class Phase:
             ``"from:<prefix>"`` (from the first layer whose name starts with
             ``<prefix>`` to the top) or ``"last:<N>"`` (the last N layers).
         base_inference: run the whole backbone in inference mode
-            (BatchNormalization uses and keeps its moving statistics, no dropout).
+            (BatchNormalization uses and keeps its moving statistics, no dropout);
+            False for ``bn: train``.
+        schedule, warmup_steps, warmup_epochs, final_lr_fraction: the learning-rate
+            schedule (:mod:`kbench.recipes.policy`).
+        layer_decay: timm-style layer-wise decay (None = off).
+        lr_mult: ``((layer-name prefix, multiplier), ...)`` (empty = none).
+        top_block: the backbone's top-block prefix (registry), which numbers the blocks
+            for ``layer_decay``.
+
+    ``learning_rate`` is the string ``"auto"`` until the trainer replaces it with the LR
+    finder's suggestion.
     """
 
     name: str
     epochs: int
-    learning_rate: float
+    learning_rate: float | str
     train_base: str
     base_inference: bool = True
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    final_lr_fraction: float = 0.0
+    layer_decay: float | None = None
+    lr_mult: tuple = ()
+    top_block: str = field(default="", compare=False)
 
 
 @dataclass
@@ -79,13 +104,27 @@ class PhaseConfig:
             and keeps its moving statistics, backbone dropout is off. ``null`` (default):
             true unless ``train`` is ``all``, as the presets do (``fine_tune`` keeps
             BatchNormalization frozen, ``full``/``scratch`` train it).
+        schedule, warmup_steps, warmup_epochs, final_lr_fraction, layer_decay, lr_mult, bn:
+            the phase's own learning-rate schedule, layer-wise learning rates and
+            BatchNormalization mode (:data:`~kbench.recipes.policy.PHASE_POLICY`); null
+            inherits the ``recipe`` key of the same name. ``bn: frozen`` is
+            ``base_inference: true``, ``bn: train`` is ``base_inference: false``.
+
+    ``learning_rate`` may also be ``auto``: the LR finder's suggestion for the phase.
     """
 
     name: str
     epochs: int
-    learning_rate: float
+    learning_rate: float | str
     train: str
     base_inference: Optional[bool] = None
+    schedule: Optional[str] = None
+    warmup_steps: Optional[int] = None
+    warmup_epochs: Optional[float] = None
+    final_lr_fraction: Optional[float] = None
+    layer_decay: Optional[float] = None
+    lr_mult: Optional[dict] = None
+    bn: Optional[str] = None
 
 
 PHASE_KEYS = tuple(f.name for f in fields(PhaseConfig))
@@ -107,6 +146,8 @@ class Recipe:
             is exact; ``"off"`` never.
         pretrained: False when the recipe trains the architecture from scratch
             (``scratch``): ``model.weights`` is then ignored.
+        accumulate_steps, clip_norm, ema, swa_epochs, lr_find_steps: optimizer-wide
+            settings (:data:`~kbench.recipes.policy.RECIPE_POLICY`).
     """
 
     name: str
@@ -116,6 +157,11 @@ class Recipe:
     momentum: float = 0.9
     cache: str = "auto"
     pretrained: bool = True
+    accumulate_steps: int = 1
+    clip_norm: float | None = None
+    ema: float | None = None
+    swa_epochs: int = 0
+    lr_find_steps: int = 100
 
 
 def train_form(train: str) -> tuple[str, str | int | None]:
@@ -136,21 +182,25 @@ def train_form(train: str) -> tuple[str, str | int | None]:
         return "from", train
     if kind == "from" and rest and ":" not in rest:
         return "from", rest
-    if kind == "last":
+    if kind in ("last", "blocks"):
         if rest.isascii() and rest.isdigit() and int(rest) > 0:
-            return "last", int(rest)
-        raise ValueError(f"{train!r}: N must be a positive integer, e.g. last:4")
+            return kind, int(rest)
+        raise ValueError(f"{train!r}: {'N' if kind == 'last' else 'K'} must be a positive integer, e.g. {kind}:{4 if kind == 'last' else 2}")
     raise ValueError(f"{train!r} is not valid; use {TRAIN_FORMS}")
 
 
 def train_base(train: str, default_unfreeze: str) -> str:
     """:attr:`Phase.train_base` for a ``train`` value: ``none``, ``all``, ``from:<prefix>``
-    or ``last:<N>``; ``auto`` becomes the backbone's ``default_unfreeze`` (registry).
+    or ``last:<N>``; ``auto`` becomes the backbone's ``default_unfreeze`` (registry) and
+    ``blocks:<K>`` the top K blocks, numbered down from it
+    (:func:`~kbench.recipes.policy.block_prefix`: ``blocks:2`` of VGG16 is ``from:block4``).
 
     Raises:
         ValueError: ``train`` (or ``default_unfreeze`` for ``auto``) is not valid.
     """
     kind, arg = train_form(train)
+    if kind == "blocks":
+        kind, arg = "from", block_prefix(default_unfreeze, arg)
     if kind == "auto":
         kind, arg = train_form(default_unfreeze)
         if kind == "auto":
@@ -174,8 +224,10 @@ def _check_phase_values(row: dict, at: str) -> None:
                           "(e.g. head)")
     if not _is_int(row["epochs"]) or row["epochs"] < 0:
         raise KbenchError(f"{at}: epochs must be an integer >= 0 (0 skips the phase), got {row['epochs']!r}")
-    if not _is_number(row["learning_rate"]) or row["learning_rate"] <= 0:
-        raise KbenchError(f"{at}: learning_rate must be a number > 0 (e.g. 1e-4), got {row['learning_rate']!r}")
+    lr = row["learning_rate"]
+    if lr != AUTO_LR and (not _is_number(lr) or lr <= 0):
+        raise KbenchError(f"{at}: learning_rate must be a number > 0 (e.g. 1e-4) or auto (the LR finder's "
+                          f"suggestion), got {lr!r}")
     try:
         train_form(row["train"])
     except ValueError as e:
@@ -183,6 +235,10 @@ def _check_phase_values(row: dict, at: str) -> None:
     if row["base_inference"] is not None and not isinstance(row["base_inference"], bool):
         raise KbenchError(f"{at}: base_inference must be true, false or null (= true unless train is all), "
                           f"got {row['base_inference']!r}")
+    check_phase_policy(row, at, row["epochs"])
+    if row["bn"] is not None and row["base_inference"] is not None and row["base_inference"] != (row["bn"] == "frozen"):
+        raise KbenchError(f"{at}: bn {row['bn']!r} contradicts base_inference {row['base_inference']!r} (bn: frozen "
+                          "is base_inference: true, bn: train is false); give one of them")
 
 
 def _phase_config(row, at: str) -> PhaseConfig:
@@ -200,10 +256,11 @@ def _phase_config(row, at: str) -> PhaseConfig:
     missing = [k for k in REQUIRED_PHASE_KEYS if k not in row]
     if missing:
         raise KbenchError(f"{at}: missing key {', '.join(missing)}; every phase needs {', '.join(REQUIRED_PHASE_KEYS)} "
-                          "(base_inference is optional)")
-    row = {"base_inference": None, **row}
+                          f"(the others are optional: {', '.join(PHASE_KEYS[4:])})")
+    row = {**dict.fromkeys(PHASE_KEYS[4:]), **row}
     _check_phase_values(row, f"{at} ({row['name']!r})" if isinstance(row["name"], str) else at)
-    return PhaseConfig(**{**row, "learning_rate": float(row["learning_rate"])})
+    lr = row["learning_rate"]
+    return PhaseConfig(**{**row, "learning_rate": lr if lr == AUTO_LR else float(lr)})
 
 
 def phase_configs(rows, where: str = "recipe.phases") -> list[PhaseConfig]:
@@ -230,12 +287,17 @@ def phase_configs(rows, where: str = "recipe.phases") -> list[PhaseConfig]:
     return out
 
 
-def resolve_phases(configs: list[PhaseConfig], default_unfreeze: str) -> list[Phase]:
+def resolve_phases(configs: list[PhaseConfig], default_unfreeze: str, defaults=None) -> list[Phase]:
     """The :class:`Phase` list of checked :class:`PhaseConfig` entries for a backbone whose
     registry top block is ``default_unfreeze`` (what ``train: auto`` means).
 
+    Args:
+        defaults: the ``recipe`` config section whose :data:`~kbench.recipes.policy.PHASE_POLICY`
+            keys a phase's null values inherit (None = the built-in defaults).
+
     Raises:
-        KbenchError: ``default_unfreeze`` is not a valid ``train`` value (a registry bug).
+        KbenchError: a ``train`` value the backbone cannot resolve (``blocks:K`` deeper than
+            its numbered blocks), or a warm-up longer than the phase.
     """
     out = []
     for pc in configs:
@@ -243,8 +305,14 @@ def resolve_phases(configs: list[PhaseConfig], default_unfreeze: str) -> list[Ph
             base = train_base(pc.train, default_unfreeze)
         except ValueError as e:
             raise KbenchError(f"phase {pc.name!r}: train {e}") from None
-        inference = pc.base_inference if pc.base_inference is not None else base != "all"
-        out.append(Phase(pc.name, pc.epochs, float(pc.learning_rate), base, inference))
+        pol = inherit(asdict(pc), defaults)
+        check_phase_policy(pol, f"phase {pc.name!r}", pc.epochs)
+        bn = pol.pop("bn")
+        inference = (pc.base_inference if pc.base_inference is not None else
+                     bn == "frozen" if bn is not None else base != "all")
+        lr = pc.learning_rate if pc.learning_rate == AUTO_LR else float(pc.learning_rate)
+        out.append(Phase(pc.name, pc.epochs, lr, base, inference, **{**pol, "lr_mult": tuple((pol["lr_mult"] or {}).items())},
+                         top_block=default_unfreeze))
     return out
 
 
@@ -314,7 +382,7 @@ def _recipe_phases(cfg, default_unfreeze: str) -> tuple[list[Phase], bool]:
     else:
         _check_phases_replace_presets(cfg)
         rows, where, pretrained = cfg.phases, "recipe.phases", True
-    return resolve_phases(phase_configs(rows, where), default_unfreeze), pretrained
+    return resolve_phases(phase_configs(rows, where), default_unfreeze, cfg), pretrained
 
 
 def make_phases(recipe: str, epochs: int, learning_rate: float, fine_tune_epochs: int = 0,
@@ -355,7 +423,9 @@ def build_recipe(cfg, default_unfreeze: str) -> Recipe:
             naming the key or phase and what to do).
     """
     label = recipe_label(cfg)
+    check_recipe_policy(cfg)
     phases, pretrained = _recipe_phases(cfg, default_unfreeze)
     if cfg.cache not in CACHE_MODES:
         raise KbenchError(f"recipe.cache {cfg.cache!r} is not valid; choose one of: {', '.join(CACHE_MODES)}")
-    return Recipe(label, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache, pretrained=pretrained)
+    return Recipe(label, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache, pretrained=pretrained,
+                  **{k: getattr(cfg, k) for k in RECIPE_POLICY})

@@ -1,0 +1,169 @@
+"""The fine-tuning toolkit's settings as data: learning-rate schedule, warm-up, layer-wise
+learning rates and BatchNormalization mode per phase (:data:`PHASE_POLICY`, each also a
+``recipe`` key that every phase inherits unless it sets its own), and the optimizer-wide
+settings of the recipe (:data:`RECIPE_POLICY`: gradient accumulation, clipping, EMA, SWA,
+LR-finder steps).
+
+Keras-free: the config checks these values without a backend. The Keras objects they
+describe are built in :mod:`kbench.recipes.schedules` (schedules, layer-wise optimizer)
+and :mod:`kbench.recipes.optimizers`.
+
+Sources of the defaults and shapes:
+
+* ``cosine``: Keras ``CosineDecay`` (SGDR, Loshchilov & Hutter 2017), decaying to
+  ``final_lr_fraction * learning_rate``; linear warm-up from 0 as Keras does.
+* ``one_cycle``: fastai ``fit_one_cycle`` (Smith 2018): cosine warm-up from
+  ``learning_rate / 25`` over the first 25 % of the updates, then cosine annealing to
+  ``final_lr_fraction * learning_rate`` (fastai's ``div=25``, ``pct_start=0.25``).
+* ``step``: ``learning_rate`` x 0.1 at 50 % and again at 75 % of the phase's updates
+  (the ResNet / torchvision ``MultiStepLR`` milestones).
+* ``layer_decay``: timm ``--layer-decay`` (BEiT, Bao et al. 2021): the head trains at
+  ``learning_rate``, the top backbone block at ``learning_rate * decay``, the next block
+  down at ``learning_rate * decay**2``, and so on.
+* ``lr_mult``: fastai's ``slice`` / discriminative learning rates written as explicit
+  multipliers by layer-name prefix.
+* ``bn``: ``frozen`` keeps every BatchNormalization in inference mode with its moving
+  statistics fixed (kbench's ``base_inference``); ``train`` (fastai ``train_bn``) lets the
+  BatchNormalization layers of trainable blocks use batch statistics and update theirs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from kbench import KbenchError
+
+SCHEDULES = ("constant", "cosine", "step", "one_cycle")
+BN_MODES = ("frozen", "train")
+# schedule constants (sources above)
+ONE_CYCLE_DIV, ONE_CYCLE_PCT = 25.0, 0.25
+STEP_MILESTONES, STEP_GAMMA = (0.5, 0.75), 0.1
+
+# Per-phase settings: {key: default}. A phase's null inherits the recipe key of the same name.
+PHASE_POLICY = {"schedule": "constant", "warmup_steps": 0, "warmup_epochs": 0.0, "final_lr_fraction": 0.0,
+                "layer_decay": None, "lr_mult": None, "bn": None}
+# Optimizer-wide recipe settings: {key: default}.
+RECIPE_POLICY = {"accumulate_steps": 1, "clip_norm": None, "ema": None, "swa_epochs": 0, "lr_find_steps": 100}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_lr_mult(v, at: str) -> None:
+    if not isinstance(v, dict) or not v:
+        raise KbenchError(f"{at}: lr_mult must be a mapping of layer-name prefix to multiplier, e.g. "
+                          f"{{block4: 0.1, block5: 0.3}}, or null; got {v!r}")
+    for k, m in v.items():
+        if not isinstance(k, str) or not k:
+            raise KbenchError(f"{at}: lr_mult key {k!r} is not a layer-name prefix (a non-empty string)")
+        if not _is_number(m) or m < 0:
+            raise KbenchError(f"{at}: lr_mult[{k!r}] must be a number >= 0 (0 = do not update), got {m!r}")
+
+
+def check_phase_policy(row: dict, at: str, epochs: int | None = None) -> None:
+    """Check the :data:`PHASE_POLICY` values of a phase entry (or of the recipe section).
+
+    Args:
+        row: a mapping holding (some of) the keys; ``None`` values mean "inherit".
+        at: where the values come from, for the message (``phase 2 of recipe.phases ('top')``).
+        epochs: the phase's epochs, to refuse a warm-up longer than the phase.
+
+    Raises:
+        KbenchError: one message naming the first bad key and value and what to write.
+    """
+    s = row.get("schedule")
+    if s is not None and s not in SCHEDULES:
+        raise KbenchError(f"{at}: schedule {s!r} is not known; choose one of: {', '.join(SCHEDULES)}")
+    ws, we = row.get("warmup_steps"), row.get("warmup_epochs")
+    if ws is not None and (not _is_int(ws) or ws < 0):
+        raise KbenchError(f"{at}: warmup_steps must be an integer >= 0 (optimizer updates), got {ws!r}")
+    if we is not None and (not _is_number(we) or we < 0):
+        raise KbenchError(f"{at}: warmup_epochs must be a number >= 0, got {we!r}")
+    if ws and we:
+        raise KbenchError(f"{at}: give warmup_steps ({ws}) or warmup_epochs ({we}), not both")
+    if we and epochs is not None and we > epochs:
+        raise KbenchError(f"{at}: warmup_epochs={we} is longer than the phase ({epochs} epoch(s)); use at most "
+                          f"{epochs}")
+    f = row.get("final_lr_fraction")
+    if f is not None and (not _is_number(f) or not 0 <= f <= 1):
+        raise KbenchError(f"{at}: final_lr_fraction must be a number in [0, 1] (the last learning rate as a "
+                          f"fraction of learning_rate), got {f!r}")
+    d = row.get("layer_decay")
+    if d is not None and (not _is_number(d) or not 0 < d <= 1):
+        raise KbenchError(f"{at}: layer_decay must be a number in (0, 1] (e.g. 0.7: each block down trains at "
+                          f"0.7x the one above), or null for none; got {d!r}")
+    if row.get("lr_mult") is not None:
+        _check_lr_mult(row["lr_mult"], at)
+    b = row.get("bn")
+    if b is not None and b not in BN_MODES:
+        raise KbenchError(f"{at}: bn {b!r} is not valid; choose frozen (BatchNormalization in inference mode) or "
+                          "train (BatchNormalization of trainable blocks trains), or null")
+
+
+def check_recipe_policy(cfg) -> None:
+    """Check the :data:`RECIPE_POLICY` values of a ``recipe`` config section.
+
+    Raises:
+        KbenchError: one message naming the ``recipe.<key>``, its value and what to write.
+    """
+    a = cfg.accumulate_steps
+    if not _is_int(a) or a < 1:
+        raise KbenchError(f"recipe.accumulate_steps must be an integer >= 1 (1 = no accumulation), got {a!r}")
+    c = cfg.clip_norm
+    if c is not None and (not _is_number(c) or c <= 0):
+        raise KbenchError(f"recipe.clip_norm must be a number > 0 (global gradient norm) or null, got {c!r}")
+    e = cfg.ema
+    if e is not None and (not _is_number(e) or not 0 < e < 1):
+        raise KbenchError(f"recipe.ema must be a number in (0, 1), e.g. 0.999 (the EMA momentum), or null for "
+                          f"no EMA; got {e!r}")
+    s = cfg.swa_epochs
+    if not _is_int(s) or s < 0:
+        raise KbenchError(f"recipe.swa_epochs must be an integer >= 0 (0 = no SWA), got {s!r}")
+    n = cfg.lr_find_steps
+    if not _is_int(n) or n < 5:
+        raise KbenchError(f"recipe.lr_find_steps must be an integer >= 5, got {n!r}")
+    check_phase_policy({k: getattr(cfg, k) for k in PHASE_POLICY}, "recipe")
+
+
+def inherit(row: dict, cfg) -> dict:
+    """``row``'s :data:`PHASE_POLICY` values, each ``None`` replaced by the recipe's ``cfg.<key>``
+    (and that ``None`` by the default)."""
+    out = {}
+    for k, default in PHASE_POLICY.items():
+        v = row.get(k)
+        if v is None:
+            v = getattr(cfg, k, None)
+        out[k] = default if v is None else v
+    return out
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def block_prefix(top_block: str, k: int) -> str:
+    """The layer-name prefix of the ``k``-th block from the top (``k`` = 1 is ``top_block``).
+
+    Blocks are numbered by the trailing number of the registry's top-block prefix:
+    ``block5`` -> ``block4``, ``block3``...; ``conv5`` -> ``conv4``...; ``block_16`` ->
+    ``block_15``... Whether the prefix names a layer is checked against the model
+    (:func:`kbench.recipes.freezing.first_trainable_index`).
+
+    Raises:
+        ValueError: ``k`` < 1, or ``top_block`` ends in no number (the backbone's blocks are
+            not numbered) or the block would be numbered below 0.
+    """
+    m = _NUMBERED.match(top_block)
+    if k < 1 or not m or int(m.group(2)) - (k - 1) < 0:
+        raise ValueError(f"block {k} from the top of {top_block!r} does not exist (blocks are numbered by the "
+                         "top block's trailing number)")
+    return f"{m.group(1)}{int(m.group(2)) - (k - 1)}"
+
+
+__all__ = ["BN_MODES", "PHASE_POLICY", "RECIPE_POLICY", "SCHEDULES", "block_prefix", "check_phase_policy",
+           "check_recipe_policy", "inherit"]
