@@ -25,6 +25,17 @@ def resize_batch(images, size: int, interpolation: int = cv2.INTER_LINEAR) -> np
     return out
 
 
+def count_batches(n: int, batch_size: int, limit_batches: int | float | None = None) -> int:
+    """Batches per epoch of ``n`` samples: ``ceil(n / batch_size)``, capped by
+    ``limit_batches`` (int = that many batches, float = that fraction, at least 1 when > 0)."""
+    batches = math.ceil(n / batch_size)
+    if isinstance(limit_batches, float):
+        return max(1, int(batches * limit_batches)) if limit_batches > 0 else 0
+    if isinstance(limit_batches, int):
+        return min(batches, limit_batches)
+    return batches
+
+
 class BatchSequence(keras.utils.PyDataset):
     """Batches ``(x, y)`` of one split, reshuffled each epoch from ``(seed, epoch)``.
 
@@ -43,12 +54,7 @@ class BatchSequence(keras.utils.PyDataset):
         super().__init__(workers=1, use_multiprocessing=False)
         self.x, self.y, self.batch_size, self.image_size = x, y, batch_size, image_size
         self.shuffle, self.seed, self.augment, self.interpolation = shuffle, seed, augment, interpolation
-        n = math.ceil(len(y) / batch_size)
-        if isinstance(limit_batches, float):
-            n = max(1, int(n * limit_batches)) if limit_batches > 0 else 0
-        elif isinstance(limit_batches, int):
-            n = min(n, limit_batches)
-        self.n_batches = n
+        self.n_batches = count_batches(len(y), batch_size, limit_batches)
         self.epoch = 0
         self.offset = 0
 

@@ -39,14 +39,23 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
-def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+def make_optimizer(name: str, lr, weight_decay: float = 0.0, momentum: float = 0.9, *, clip_norm: float | None = None,
+                   accumulate_steps: int = 1, ema: float | None = None, multiplier=None):
     """A fresh Keras optimizer (a new one per phase: Keras recompiles per phase).
 
     Args:
         name: one of :data:`OPTIMIZERS`.
-        lr: learning rate.
+        lr: learning rate: a float or a ``keras.optimizers.schedules.LearningRateSchedule``
+            (e.g. :class:`~kbench.recipes.schedules.PhaseSchedule`).
         weight_decay: decoupled weight decay; 0 = the row's ``default_weight_decay``.
         momentum: momentum, for the optimizers whose row says so (SGD).
+        clip_norm: Keras ``global_clipnorm``: gradients scaled so that their global L2 norm
+            is at most this (None = off).
+        accumulate_steps: Keras ``gradient_accumulation_steps`` (1 = off): gradients are
+            averaged over this many batches before each update.
+        ema: Keras ``use_ema`` with ``ema_momentum`` = this (None = off).
+        multiplier: ``variable -> float`` learning-rate multiplier (layer-wise rates, see
+            :func:`~kbench.recipes.schedules.layerwise_optimizer`); None = all 1.
 
     Raises:
         KbenchError: unknown optimizer name.
@@ -59,4 +68,15 @@ def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: fl
     kwargs = {"weight_decay": weight_decay or spec.default_weight_decay}
     if spec.momentum:
         kwargs["momentum"] = momentum
-    return getattr(keras.optimizers, spec.keras_class)(lr, **kwargs)
+    if clip_norm:
+        kwargs["global_clipnorm"] = clip_norm
+    if accumulate_steps > 1:
+        kwargs["gradient_accumulation_steps"] = accumulate_steps
+    if ema:
+        kwargs.update(use_ema=True, ema_momentum=ema)
+    cls = getattr(keras.optimizers, spec.keras_class)
+    if multiplier is None:
+        return cls(lr, **kwargs)
+    from kbench.recipes.schedules import layerwise_optimizer
+
+    return layerwise_optimizer(cls, lr, multiplier, **kwargs)

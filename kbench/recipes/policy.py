@@ -143,6 +143,24 @@ def inherit(row: dict, cfg) -> dict:
     return out
 
 
+def schedule_updates(phase, batches_per_epoch: int, epochs: int, accumulate: int = 1) -> tuple[int, int]:
+    """``(updates, warmup)``: the optimizer updates ``phase`` makes over ``epochs`` epochs of
+    ``batches_per_epoch`` batches with ``accumulate`` batches per update, and its warm-up
+    in updates (``warmup_steps``, or ``warmup_epochs`` converted and rounded).
+
+    Raises:
+        KbenchError: the warm-up is not shorter than the phase (names the phase, both counts).
+    """
+    updates = max(1, (batches_per_epoch * epochs) // accumulate)
+    warmup = phase.warmup_steps or round(phase.warmup_epochs * batches_per_epoch / accumulate)
+    if warmup and warmup >= updates:
+        raise KbenchError(f"phase {phase.name!r}: the warm-up ({warmup} optimizer updates) is not shorter than the "
+                          f"phase ({updates} updates: {epochs} epoch(s) x {batches_per_epoch} batches"
+                          + (f" / accumulate_steps {accumulate}" if accumulate > 1 else "")
+                          + "); lower warmup_steps / warmup_epochs or train the phase longer")
+    return updates, warmup
+
+
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
@@ -166,4 +184,4 @@ def block_prefix(top_block: str, k: int) -> str:
 
 
 __all__ = ["BN_MODES", "PHASE_POLICY", "RECIPE_POLICY", "SCHEDULES", "block_prefix", "check_phase_policy",
-           "check_recipe_policy", "inherit"]
+           "check_recipe_policy", "inherit", "schedule_updates"]

@@ -206,6 +206,69 @@ class MetricsLogger(keras.callbacks.Callback):
             w.writerow(row)
 
 
+LR_TRACE_FIELDS = ["phase", "epoch", "step", "update", "learning_rate"]
+
+
+class LearningRateTrace(keras.callbacks.Callback):
+    """Appends one row per training batch to ``lr.csv`` (columns :data:`LR_TRACE_FIELDS`):
+    the global step after the batch, the phase's optimizer update it belongs to (0-based;
+    with gradient accumulation several batches share one) and the learning rate that
+    update used.
+
+    The rate is computed from the optimizer's schedule at the optimizer's own iteration
+    count (read when ``fit`` starts, then counted here), not read from the optimizer
+    inside the epoch: JAX keeps the optimizer state outside the variables until the epoch
+    ends. Every row is flushed, so a kill loses none; a resumed run drops rows after the
+    checkpoint's step (:func:`kbench.trainer.resume.restore_run`).
+    """
+
+    def __init__(self, path: str, phase: str, meter: "ThroughputMeter"):
+        super().__init__()
+        self.path, self.phase, self.meter = path, phase, meter
+        self.epoch, self.iteration, self._file = 0, 0, None
+
+    def on_train_begin(self, logs=None):
+        opt = self.model.optimizer
+        self.iteration = int(keras.ops.convert_to_numpy(opt._iterations))
+        self.accumulate = opt.gradient_accumulation_steps or 1
+        lr = opt._learning_rate
+        self.schedule = lr if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) else None
+        self.constant = None if self.schedule else current_lr(self.model)
+        new = not os.path.exists(self.path)
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(LR_TRACE_FIELDS)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        lr = self.constant if self.schedule is None else float(keras.ops.convert_to_numpy(self.schedule(self.iteration)))
+        self._writer.writerow([self.phase, self.epoch, self.meter.global_step, self.iteration // self.accumulate, lr])
+        self._file.flush()
+        self.iteration += 1
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def truncate_lr_trace(path: str, step: int) -> None:
+    """Keep only the ``lr.csv`` rows up to global step ``step`` (resuming from a
+    checkpoint written at that step); atomic replace. No file: nothing to do."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(f"{path}.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LR_TRACE_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(f"{path}.tmp", path)
+
+
 class MaxStepsStopper(keras.callbacks.Callback):
     """Stops training once the global optimizer step count reaches ``max_steps``."""
 

@@ -53,11 +53,12 @@ class LoopTools:
         bar = [RichProgressBar(self.console, description)] if self.enable_progress_bar else []
         return [*bar, GuardCallback(self.guard)]
 
-    def compile(self, net: keras.Model, from_logits: bool, learning_rate: float, optimizer: str = "adam",
-                weight_decay: float = 0.0, momentum: float = 0.9) -> None:
-        """Compile ``net`` with a fresh optimizer (see :func:`kbench.recipes.make_optimizer`),
+    def compile(self, net: keras.Model, from_logits: bool, learning_rate, optimizer: str = "adam",
+                weight_decay: float = 0.0, momentum: float = 0.9, **options) -> None:
+        """Compile ``net`` with a fresh optimizer (see :func:`kbench.recipes.make_optimizer`;
+        ``learning_rate`` a float or a schedule, ``options`` its keyword-only settings),
         sparse categorical cross-entropy and top-1 accuracy."""
-        net.compile(optimizer=make_optimizer(optimizer, learning_rate, weight_decay, momentum),
+        net.compile(optimizer=make_optimizer(optimizer, learning_rate, weight_decay, momentum, **options),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
                     metrics=["accuracy"], jit_compile=self.jit_compile)
 

@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from kbench import backend
+from kbench import KbenchError, backend
 from kbench.data import BatchSequence
 from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, first_trainable_index, snapshot_frozen
+from kbench.recipes.layerwise import describe, layer_multipliers, variable_multiplier
+from kbench.recipes.phases import AUTO_LR
+from kbench.recipes.schedules import phase_learning_rate
 from kbench.trainer import checkpoint
-from kbench.trainer.callbacks import MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
+from kbench.trainer.callbacks import LearningRateTrace, MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
 from kbench.trainer.plan import PhasePlan
 from kbench.trainer.state import FitRun
 
@@ -57,6 +60,8 @@ class PhaseRun:
         self.saver: checkpoint.EpochCheckpoint | None = None
         self.stepper: checkpoint.StepCheckpoint | None = None
         self.first_trainable = 0  # index of the lowest backbone layer the phase trains
+        self.learning_rate: float | None = None  # the phase's peak learning rate, once compiled
+        self.multipliers: dict[str, float] = {}  # layer-wise multipliers of trainable layers
 
     def execute(self) -> dict:
         """Run the phase; returns its row for ``results.json`` ``phases``."""
@@ -82,7 +87,9 @@ class PhaseRun:
         e2e = self.run.model.compose(base_training=False if phase.base_inference else None)
         trainable, frozen = count_params(e2e)
         self.tools.log(f"[bold cyan]phase {phase.name}[/]: {plan.epochs} epoch(s) at learning rate "
-                       f"{phase.learning_rate:g}; trainable params {trainable:,}, non-trainable {frozen:,}"
+                       f"{phase.learning_rate}, schedule {phase.schedule}"
+                       + (f" (warm-up {plan.warmup} of {plan.updates} updates)" if plan.warmup else "")
+                       + f"; trainable params {trainable:,}, non-trainable {frozen:,}"
                        + (f"; frozen-prefix cache at {plan.cut!r}" if plan.cut else "")
                        + (f"; resuming after {plan.done_before} epoch(s)" if plan.done_before else ""))
         self.state.phase_index, self.state.net = plan.index, None
@@ -109,13 +116,44 @@ class PhaseRun:
         return train, val
 
     def _compile(self) -> None:
-        """A fresh optimizer at the phase's learning rate, or the checkpoint's slots."""
+        """A fresh optimizer (the phase's learning-rate schedule, layer-wise multipliers,
+        clipping, accumulation, EMA), or the checkpoint's slots."""
         recipe, plan = self.run.recipe, self.plan
-        self.tools.compile(self.net, self.run.model.from_logits, plan.phase.learning_rate, recipe.optimizer,
-                           recipe.weight_decay, recipe.momentum)
+        self.learning_rate = self.phase_learning_rate()
+        lr = phase_learning_rate(plan.phase, self.learning_rate, plan.updates, plan.warmup, recipe.accumulate_steps)
+        self.tools.compile(self.net, self.run.model.from_logits, lr, recipe.optimizer, recipe.weight_decay,
+                           recipe.momentum, clip_norm=recipe.clip_norm, accumulate_steps=recipe.accumulate_steps,
+                           ema=recipe.ema, multiplier=self._multiplier())
+        if recipe.accumulate_steps > 1:
+            dm = self.run.datamodule
+            self.tools.log(f"  gradient accumulation: {recipe.accumulate_steps} batches per update, effective batch "
+                           f"size {dm.batch_size * recipe.accumulate_steps}")
         if plan.resume_ckpt:
             checkpoint.restore_optimizer(plan.resume_ckpt, self.net, checkpoint.load_state(plan.resume_ckpt))
         self.state.net = self.net
+
+    def phase_learning_rate(self) -> float:
+        """The phase's (peak) learning rate.
+
+        Raises:
+            KbenchError: ``learning_rate: auto`` without the LR finder.
+        """
+        lr = self.plan.phase.learning_rate
+        if lr == AUTO_LR:
+            raise KbenchError(f"phase {self.plan.phase.name!r}: learning_rate auto needs the LR finder")
+        return float(lr)
+
+    def _multiplier(self):
+        """``variable -> learning-rate multiplier`` of the phase's ``layer_decay`` / ``lr_mult``
+        (None when it sets neither); logs the multipliers of the trainable layers."""
+        phase, m = self.plan.phase, self.run.model
+        if not phase.layer_decay and not phase.lr_mult:
+            return None
+        layers = [*m.base.layers, *m.head]
+        mults = layer_multipliers([la.name for la in m.base.layers], [la.name for la in m.head], phase)
+        self.multipliers = {la.name: mults[la.name] for la in layers if la.trainable and la.weights}
+        self.tools.log(f"  layer-wise learning rates: {describe(self.multipliers)}")
+        return variable_multiplier(layers, mults)
 
     def _callbacks(self, train_seq) -> list:
         """Throughput meter, metrics logger, epoch and step checkpoints, step limit,
@@ -127,7 +165,8 @@ class PhaseRun:
         self.saver = checkpoint.EpochCheckpoint(ckpt_dir, model.keras_model, self.epoch_state, self.state.tracker)
         self.stepper = checkpoint.StepCheckpoint(ckpt_dir, model.keras_model, self.position_state,
                                                  trainer.checkpoint_every_n_steps, self.tools.guard, self.meter)
-        return [self.meter, self.logger, self.saver, self.stepper, MaxStepsStopper(self.meter, trainer.max_steps),
+        trace = LearningRateTrace(self.run.lr_trace_path, self.plan.phase.name, self.meter)
+        return [self.meter, self.logger, trace, self.saver, self.stepper, MaxStepsStopper(self.meter, trainer.max_steps),
                 *self.tools.callbacks(self.plan.phase.name), *trainer.callbacks]
 
     def _fit(self, train_seq, val_seq, callbacks: list) -> None:
@@ -192,7 +231,10 @@ class PhaseRun:
         plan, meter, steps = self.plan, self.meter, self.meter.step_times
         return {
             "phase": plan.phase.name, "epochs": plan.done_before + len(self.logger.rows),
-            "learning_rate": plan.phase.learning_rate, "trainable_params": counts[0],
+            "learning_rate": self.learning_rate, "schedule": plan.phase.schedule, "optimizer_updates_planned":
+            plan.updates, "warmup_updates": plan.warmup, "layer_multipliers": self.multipliers or None,
+            "effective_batch_size": self.run.datamodule.batch_size * self.run.recipe.accumulate_steps,
+            "trainable_params": counts[0],
             "non_trainable_params": counts[1], "cache_cut": plan.cut, "wall_time_s": wall_s, "fit_time_s": fit_s,
             "cache_time_s": cache_s if plan.cut else 0.0,
             "train_images_per_s": meter.images_per_s, "first_steps_s": meter.first_steps_s,

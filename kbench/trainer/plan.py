@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from kbench.recipes import Phase, cache_cut, first_trainable_index
+from kbench.recipes.policy import schedule_updates
 from kbench.trainer.state import FitRun, ResumePoint
 
 
@@ -32,6 +33,8 @@ class PhasePlan:
             accumulators) the phase continues from.
         skip: batches of the phase's next epoch finished before (a position
             checkpoint): that epoch is finished first, with its remaining batches.
+        updates, warmup: optimizer updates of the whole phase and of its warm-up
+            (:func:`~kbench.recipes.policy.schedule_updates`); the schedule spans them.
     """
 
     index: int
@@ -41,6 +44,8 @@ class PhasePlan:
     done_before: int = 0
     resume_ckpt: str | None = None
     skip: int = 0
+    updates: int = 0
+    warmup: int = 0
 
 
 def phase_epochs(phases: list[Phase], max_epochs: int | None, fast_dev_run: bool) -> list[int]:
@@ -65,11 +70,21 @@ def cut_for(run: FitRun, phase: Phase) -> str | None:
 
 
 def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,
-                fast_dev_run: bool) -> list[PhasePlan]:
+                fast_dev_run: bool, train_batches: int = 1) -> list[PhasePlan]:
     """One :class:`PhasePlan` per phase of ``run.recipe`` (a phase with 0 epochs gets
-    no cut); declares the cuts to ``run.cache``."""
+    no cut); declares the cuts to ``run.cache``.
+
+    Args:
+        train_batches: training batches per epoch (after ``limit_train_batches``).
+
+    Raises:
+        KbenchError: a phase's warm-up is not shorter than the phase (before any training).
+    """
     epochs = phase_epochs(run.recipe.phases, max_epochs, fast_dev_run)
-    plans = [PhasePlan(i, phase, n, cut_for(run, phase) if n else None, **(resume.plan_fields(i) if resume else {}))
+    accumulate = run.recipe.accumulate_steps
+    plans = [PhasePlan(i, phase, n, cut_for(run, phase) if n else None, **(resume.plan_fields(i) if resume else {}),
+                       **dict(zip(("updates", "warmup"), schedule_updates(phase, train_batches, n, accumulate)
+                                  if n else (0, 0))))
              for i, (phase, n) in enumerate(zip(run.recipe.phases, epochs))]
     run.cache.plan([p.cut for p in plans if p.cut])
     return plans

@@ -17,7 +17,7 @@ from typing import Callable, NoReturn
 
 from kbench import KbenchError, backend
 from kbench.trainer import checkpoint
-from kbench.trainer.callbacks import CSV_FIELDS, NonFiniteLoss, TrainingInterrupted
+from kbench.trainer.callbacks import CSV_FIELDS, NonFiniteLoss, TrainingInterrupted, truncate_lr_trace
 from kbench.trainer.results import write_status
 from kbench.trainer.state import FitRun, ResumePoint, TrainerState
 
@@ -65,6 +65,7 @@ def restore_run(point: ResumePoint, state: TrainerState, run: FitRun) -> None:
         w.writeheader()
         w.writerows(state.history)
     os.replace(tmp, run.csv_path)
+    truncate_lr_trace(run.lr_trace_path, state.step)
 
 
 def restore_best(state: TrainerState, run: FitRun, from_checkpoints: bool, log: Callable[[str], None]) -> int | None:

@@ -124,5 +124,10 @@ class FitRun:
         """``<run_dir>/metrics.csv``."""
         return os.path.join(self.run_dir, "metrics.csv")
 
+    @property
+    def lr_trace_path(self) -> str:
+        """``<run_dir>/lr.csv``: the learning rate of every training step."""
+        return os.path.join(self.run_dir, "lr.csv")
+
 
 __all__ = ["FitRun", "ResumePoint", "TrainerState"]

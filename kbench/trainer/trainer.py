@@ -33,6 +33,7 @@ from rich.console import Console
 
 from kbench import KbenchError, backend
 from kbench.data import DataModule
+from kbench.data.batches import count_batches
 from kbench.models import TransferModel
 from kbench.recipes import Recipe, check_train_layers
 from kbench.trainer import checkpoint
@@ -172,7 +173,8 @@ class Trainer:
         check_train_layers(model.base, recipe.phases)  # every phase's layers exist, before any trains
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
-        plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run)
+        plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run,
+                            count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")))
         with self.tools.guard:
             try:
                 self._run_phases(run, plans, resume)
