@@ -7,12 +7,17 @@
   only those; every other BN statistic and every frozen weight is bit-identical; under
   ``bn: frozen`` no statistic moves. ``bn: train`` keeps the frozen-prefix cache (the
   prefix has only frozen BN, no Dropout) and gives the model that training end to end gives.
+* ``gradual_unfreeze`` with ``bn: train``: a SIGKILL in stage 2 resumes exactly (the trained
+  BN statistics are part of the checkpoint).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -20,7 +25,9 @@ import numpy as np
 import pytest
 
 from kbench.config import parse
-from kbench.run import run
+from kbench.run import main, run
+
+HERE = Path(__file__).resolve().parent
 
 # 3 train images per class, batches of 10 (see tests/trainer/test_phases.py)
 ARGS = ["--model.image_size", "32", "--model.head", "gap", "--data.source", "folder", "--data.batch_size", "10",
@@ -52,6 +59,17 @@ def test_gradual_unfreeze_moves_the_cache_cut_down(cifar_dir, vgg16_weights, tmp
         metrics = list(csv.DictReader(f))
     assert [(m["phase"], m["epoch"]) for m in metrics] == [
         ("feature_extraction", "1"), ("unfreeze_1", "2"), ("unfreeze_2", "3"), ("unfreeze_3", "4")]
+
+
+def test_more_stages_than_blocks_fail_before_the_run_folder(cifar_dir, vgg16_weights, tmp_path):
+    from kbench import KbenchError
+
+    with pytest.raises(KbenchError, match=r"^phase 'unfreeze_6': train 'from:block0' \(= blocks:6\) is deeper than "
+                                          r"'vgg16' goes: it has only 5 numbered blocks"):
+        run(parse([*ARGS, "--model.backbone", "vgg16", "--model.weights", str(vgg16_weights), "--data.root",
+                   str(cifar_dir), "--trainer.default_root_dir", str(tmp_path / "runs"), "--recipe.name",
+                   "gradual_unfreeze", "--recipe.unfreeze_blocks", "6"]))
+    assert not (tmp_path / "runs").exists()
 
 
 def _values(layers) -> dict[str, np.ndarray]:
@@ -118,3 +136,45 @@ def test_bn_train_cached_and_uncached_give_the_same_model(cifar_dir, tmp_path, b
     assert row["optimizer_iterations"] == cached_row["optimizer_iterations"] > 0
     for k in cached:
         np.testing.assert_allclose(cached[k], uncached[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+GRADUAL_BN = [*ARGS, "--model.backbone", "mobilenetv2", "--model.weights", "none", "--recipe.name", "gradual_unfreeze",
+              "--recipe.epochs", "1", "--recipe.fine_tune_epochs", "1", "--recipe.unfreeze_blocks", "2",
+              "--recipe.bn", "train"]
+
+
+def _metrics(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: r[k] for k in ("phase", "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy",
+                                   "learning_rate")} for r in csv.DictReader(f)]
+
+
+def _checkpoint(run_dir, tag) -> list[np.ndarray]:
+    with np.load(run_dir / "checkpoints" / tag / "model.npz") as z:
+        return [z[k] for k in sorted(z.files)]
+
+
+def test_gradual_bn_train_sigkill_in_stage_2_then_exact_resume(cifar_dir, tmp_path):
+    (tmp_path / "clean").mkdir()
+    clean = run(parse([*GRADUAL_BN, "--data.root", str(cifar_dir), "--trainer.default_root_dir",
+                       str(tmp_path / "clean")]))
+    (clean_dir,) = (tmp_path / "clean").iterdir()
+    assert [p["cache_cut"] for p in clean["phases"]] == ["out_relu", "block_15_add", "block_14_add"]
+    assert [len(p["bn_layers_training"]) for p in clean["phases"]] == [0, 4, 7]  # + block_15's three BN
+    # 2 steps per epoch; a step checkpoint at step 5 (epoch 3 = stage 2, batch 1), killed after batch 2
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+    p = subprocess.run([sys.executable, str(HERE.parent / "faults.py"), "--signal", "KILL@3:2", "--", *GRADUAL_BN,
+                        "--data.root", str(cifar_dir), "--trainer.default_root_dir", str(tmp_path / "killed"),
+                        "--trainer.checkpoint_every_n_steps", "5"], capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == -9, p.stdout[-3000:] + p.stderr[-3000:]
+    (run_dir,) = (tmp_path / "killed").iterdir()
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["tag"] == "step-00000005"
+    assert main(["--resume", str(run_dir)]) == 0
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "completed" and res["resumed_from"] == "step-00000005"
+    assert _metrics(run_dir) == _metrics(clean_dir)
+    assert res["test_accuracy"] == clean["test_accuracy"] and res["test_loss"] == clean["test_loss"]
+    assert [(p["phase"], p["optimizer_iterations"], p["bn_layers_training"]) for p in res["phases"]] == \
+        [(p["phase"], p["optimizer_iterations"], p["bn_layers_training"]) for p in clean["phases"]]
+    for i, (x, y) in enumerate(zip(_checkpoint(run_dir, "epoch-0003"), _checkpoint(clean_dir, "epoch-0003"))):
+        np.testing.assert_array_equal(x, y, err_msg=f"variable {i}")
