@@ -116,16 +116,18 @@ class RecipeConfig:
     With ``phases`` (not null) the list replaces the preset's phases: ``name`` becomes the
     recipe's label in results.json and the default run name (left at its default it is
     ``custom``; another preset's name is refused), ``epochs``, ``learning_rate``,
-    ``fine_tune_*`` and ``unfreeze`` must stay at their defaults (each phase has its own),
+    ``fine_tune_*``, ``unfreeze`` and ``unfreeze_blocks`` must stay at their defaults (each phase has its own),
     and the model starts from ``model.weights``.
 
     Args:
         name: a preset (kbench.recipes.PRESETS), or with phases a label of your own.
         epochs: epochs of the preset's first (or only) phase.
         learning_rate: learning rate of the preset's first phase.
-        fine_tune_epochs: fine_tune only: epochs with the top of the backbone unfrozen.
-        fine_tune_learning_rate: fine_tune only: phase-2 learning rate (null = learning_rate / 10).
+        fine_tune_epochs: fine_tune: epochs with the top of the backbone unfrozen; gradual_unfreeze: epochs per stage.
+        fine_tune_learning_rate: learning rate of fine_tune's phase 2 and of each gradual_unfreeze stage
+            (null = learning_rate / 10).
         unfreeze: fine_tune only: auto (the registry's top block), a layer-name prefix (block5), last:N or all.
+        unfreeze_blocks: gradual_unfreeze only: stages train the top 1, 2, ... unfreeze_blocks blocks (>= 1).
         phases: your own phases, run in order, e.g. [{name: head, epochs: 3, learning_rate: 1e-3, train: none},
             {name: all, epochs: 1, learning_rate: 1e-5, train: all}]. Keys: name, epochs, learning_rate, train
             (none, all, auto, from:<layer-name prefix>, last:<N> or a prefix), base_inference (optional: the
@@ -162,6 +164,7 @@ class RecipeConfig:
     fine_tune_epochs: int = 3
     fine_tune_learning_rate: Optional[float] = None
     unfreeze: str = "auto"
+    unfreeze_blocks: int = 3
     phases: Optional[list[dict]] = None
     optimizer: OptimizerName = "adam"
     weight_decay: float = 0.0

@@ -17,7 +17,8 @@ _EXPORTS = {
                     "kbench.recipes.phases"),
     **dict.fromkeys(["PRESETS", "PRESET_KEYS", "Preset"], "kbench.recipes.presets"),
     **dict.fromkeys(["apply_phase", "cache_cut", "check_frozen_unchanged", "check_train_layers", "count_params",
-                     "first_trainable_index", "frozen_variables", "snapshot_frozen"], "kbench.recipes.freezing"),
+                     "first_trainable_index", "frozen_variables", "numbered_blocks", "snapshot_frozen",
+                     "training_bn_layers", "training_mode_layers"], "kbench.recipes.freezing"),
     **dict.fromkeys(["OPTIMIZERS", "OptimizerSpec", "make_optimizer"], "kbench.recipes.optimizers"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

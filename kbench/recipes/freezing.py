@@ -7,11 +7,14 @@ the index that :func:`first_trainable_index` (or :func:`apply_phase`) returns.
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 
 from kbench import KbenchError
 from kbench.recipes.phases import Phase
+from kbench.recipes.policy import block_prefix
 
 
 def first_trainable_index(base: keras.Model, train_base: str) -> int:
@@ -63,8 +66,40 @@ def check_train_layers(base: keras.Model, phases: list[Phase]) -> list[int]:
         try:
             out.append(first_trainable_index(base, p.train_base))
         except KbenchError as e:
-            raise KbenchError(f"phase {p.name!r}: {e}") from None
+            raise KbenchError(f"phase {p.name!r}: {_too_deep(base, p) or e}") from None
     return out
+
+
+def numbered_blocks(base: keras.Model, top_block: str) -> int:
+    """How many numbered blocks ``base`` has from ``top_block`` down: the largest ``K``
+    such that ``train: blocks:1`` ... ``blocks:K`` all name layers (0 if none does)."""
+    names, k = [layer.name for layer in base.layers], 0
+    while True:
+        try:
+            prefix = block_prefix(top_block, k + 1)
+        except ValueError:
+            return k
+        if not any(n.startswith(prefix) for n in names):
+            return k
+        k += 1
+
+
+def _too_deep(base: keras.Model, phase: Phase) -> str | None:
+    """The message for a ``from:<prefix>`` that is a numbered block below the backbone's
+    lowest one (``blocks:6`` of VGG16 is ``block0``), else None."""
+    top, prefix = phase.top_block, phase.train_base.removeprefix("from:")
+    n = numbered_blocks(base, top) if top else 0
+    k = n + 1
+    while n:
+        try:
+            if block_prefix(top, k) == prefix:
+                return (f"train {phase.train_base!r} (= blocks:{k}) is deeper than {base.name!r} goes: it has only "
+                        f"{n} numbered blocks, from its top block {top!r} down to {block_prefix(top, n)!r}; use "
+                        f"blocks:1 to blocks:{n}, or train: all")
+        except ValueError:
+            return None
+        k += 1
+    return None
 
 
 def apply_phase(base: keras.Model, phase: Phase) -> int:
@@ -126,20 +161,36 @@ def snapshot_frozen(model: keras.Model) -> dict[str, np.ndarray]:
     return {v.path: np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in frozen_variables(model)}
 
 
-def check_frozen_unchanged(model: keras.Model, before: dict[str, np.ndarray], phase: str) -> None:
+def training_bn_layers(model: keras.Model) -> list[str]:
+    """Names of the BatchNormalization layers of ``model`` (nested models included) whose
+    moving statistics a training step may update: the trainable ones. Keras runs a
+    BatchNormalization with ``trainable=False`` in inference mode (its moving mean and
+    variance are then used and never changed), so every other BatchNormalization is
+    covered by :func:`frozen_variables` and the audit."""
+    return [layer.name for layer in _leaf_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+
+def check_frozen_unchanged(model: keras.Model, before: dict[str, np.ndarray], phase: str) -> int:
     """Fail loudly if any variable frozen during ``phase`` changed (bit-for-bit).
+
+    Returns:
+        How many variables were compared (the audit's size, for ``results.json``).
 
     Raises:
         RuntimeError: lists the variables that changed; this is a kbench bug or a
             callback that modified frozen weights, never a user error.
     """
-    changed = []
+    changed, checked = [], 0
     for v in frozen_variables(model):
         old = before.get(v.path)
-        if old is not None and not np.array_equal(old, keras.ops.convert_to_numpy(v.value)):
-            changed.append(v.path)
+        if old is not None:
+            checked += 1
+            if not np.array_equal(old, keras.ops.convert_to_numpy(v.value)):
+                changed.append(v.path)
     if changed:
         raise RuntimeError(f"phase {phase!r} changed {len(changed)} frozen variable(s): {', '.join(changed[:10])}")
+    return checked
 
 
 def cache_cut(base: keras.Model, start: int) -> str | None:
@@ -161,3 +212,23 @@ def cache_cut(base: keras.Model, start: int) -> str | None:
             continue
         return layer.name
     return None
+
+
+def training_mode_layers(base: keras.Model, cut: str) -> list[str]:
+    """Layers up to and including ``cut`` whose output could depend on the ``training``
+    flag (their ``call`` takes ``training``: Dropout, StochasticDepth, ...), other than
+    BatchNormalization: below a phase's first trainable layer every BatchNormalization is
+    frozen (:func:`apply_phase`) and Keras runs a frozen one in inference mode whatever
+    the flag. When this is empty, the prefix computes the same features with
+    ``training=True`` as the cache does with ``training=False``, so the frozen-prefix
+    cache stays exact for a phase that runs the backbone in training mode (``bn: train``).
+    Conservative: a layer that takes ``training`` and ignores it (Keras 3.15 ``Dense``)
+    is listed too."""
+    names = [layer.name for layer in base.layers]
+    out = []
+    for layer in base.layers[1:names.index(cut) + 1]:
+        for leaf in _leaf_layers(layer):
+            if (not isinstance(leaf, keras.layers.BatchNormalization)
+                    and "training" in inspect.signature(leaf.call).parameters):
+                out.append(leaf.name)
+    return out

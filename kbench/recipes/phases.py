@@ -36,7 +36,7 @@ from kbench.recipes.policy import (
     check_recipe_policy,
     inherit,
 )
-from kbench.recipes.presets import PRESET_KEYS, PRESETS
+from kbench.recipes.presets import PRESET_KEYS, PRESETS, check_unfreeze_blocks
 
 CACHE_MODES = ("auto", "off")
 # The label of a recipe.phases list when recipe.name is left at its default (a preset's name).
@@ -362,6 +362,7 @@ def _check_preset_keys(cfg) -> None:
         train_form(cfg.unfreeze)
     except ValueError as e:
         raise KbenchError(f"recipe.unfreeze {e}") from None
+    check_unfreeze_blocks(cfg)
 
 
 def _check_phases_replace_presets(cfg) -> None:
@@ -387,20 +388,22 @@ def _recipe_phases(cfg, default_unfreeze: str) -> tuple[list[Phase], bool]:
 
 def make_phases(recipe: str, epochs: int, learning_rate: float, fine_tune_epochs: int = 0,
                 fine_tune_learning_rate: float | None = None, unfreeze: str = "auto",
-                default_unfreeze: str = "block5") -> list[Phase]:
+                default_unfreeze: str = "block5", unfreeze_blocks: int = 3) -> list[Phase]:
     """Phases of a named preset.
 
     Args:
         unfreeze: for ``fine_tune``: ``"auto"`` (the registry's top block,
             ``default_unfreeze``), a layer-name prefix such as ``"block5"``,
             ``"last:N"`` or ``"all"``.
+        unfreeze_blocks: for ``gradual_unfreeze``: the deepest stage trains the top
+            ``unfreeze_blocks`` blocks.
 
     Raises:
         KbenchError: unknown recipe name or a bad value (named in the message).
     """
     cfg = SimpleNamespace(name=recipe, phases=None, epochs=epochs, learning_rate=learning_rate,
                           fine_tune_epochs=fine_tune_epochs, fine_tune_learning_rate=fine_tune_learning_rate,
-                          unfreeze=unfreeze)
+                          unfreeze=unfreeze, unfreeze_blocks=unfreeze_blocks)
     recipe_label(cfg)
     return _recipe_phases(cfg, default_unfreeze)[0]
 

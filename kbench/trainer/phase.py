@@ -7,7 +7,9 @@ optimizer (or restores a checkpoint's), runs ``Model.fit`` over the phase's
 epochs (numbered on from the run's epoch count; a resumed position checkpoint's
 epoch is finished first with its remaining batches), audits that every frozen
 variable is bit-identical afterwards, drops the cached features the phase made
-stale, and returns the phase's ``results.json`` row.
+stale, and returns the phase's ``results.json`` row (with the audit: how many
+variables it compared, and which BatchNormalization layers could update their
+moving statistics).
 
 A class rather than one function because the phase's checkpoint callbacks call
 back into it for the trainer state they save (:meth:`PhaseRun.epoch_state`,
@@ -26,6 +28,7 @@ import numpy as np
 from kbench import KbenchError, backend
 from kbench.data import BatchSequence
 from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, first_trainable_index, snapshot_frozen
+from kbench.recipes.freezing import training_bn_layers
 from kbench.recipes.layerwise import describe, layer_multipliers, variable_multiplier
 from kbench.recipes.phases import AUTO_LR
 from kbench.recipes.schedules import phase_learning_rate
@@ -74,10 +77,11 @@ class PhaseRun:
         t_fit = time.perf_counter()
         self._fit(train_seq, val_seq, callbacks)
         fit_s = time.perf_counter() - t_fit
-        check_frozen_unchanged(e2e, before, self.plan.phase.name)
+        audit = {"bn_layers_training": training_bn_layers(e2e),
+                 "frozen_variables_checked": check_frozen_unchanged(e2e, before, self.plan.phase.name)}
         self.run.cache.invalidate_from(self.first_trainable)
         self.state.epoch = self.entry_epoch + len(self.logger.rows)
-        return self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s)
+        return {**self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s), **audit}
 
     def _apply(self) -> tuple[keras.Model, tuple[int, int]]:
         """Set what trains; returns the end-to-end model and (trainable, frozen) counts."""

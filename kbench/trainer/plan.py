@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kbench.recipes import Phase, cache_cut, first_trainable_index
+from kbench.recipes import Phase, cache_cut, first_trainable_index, training_mode_layers
 from kbench.recipes.policy import schedule_updates
 from kbench.trainer.state import FitRun, ResumePoint
 
@@ -63,10 +63,16 @@ def phase_epochs(phases: list[Phase], max_epochs: int | None, fast_dev_run: bool
 def cut_for(run: FitRun, phase: Phase) -> str | None:
     """The frozen-prefix cache cut of ``phase``: the deepest bottleneck below its
     lowest trainable layer (None: recipe cache ``off``, augmentation, or a backbone
-    not in inference mode)."""
-    if run.recipe.cache == "off" or run.datamodule.augment or not phase.base_inference:
+    not in inference mode (``bn: train``) with a layer below the cut that behaves
+    differently in training mode, such as Dropout: see
+    :func:`~kbench.recipes.training_mode_layers`)."""
+    if run.recipe.cache == "off" or run.datamodule.augment:
         return None
-    return cache_cut(run.model.base, first_trainable_index(run.model.base, phase.train_base))
+    base = run.model.base
+    cut = cache_cut(base, first_trainable_index(base, phase.train_base))
+    if cut and not phase.base_inference and training_mode_layers(base, cut):
+        return None
+    return cut
 
 
 def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,

@@ -68,6 +68,8 @@ def test_presets_keep_their_phases():
         "full": ([Phase("full", 6, 1e-3, "all", False)], True),
         "scratch": ([Phase("scratch", 6, 1e-3, "all", False)], False),
         "seed_tutorial": ([Phase("seed_tutorial", 6, 1e-3, "none", True)], True),
+        "gradual_unfreeze": ([Phase("feature_extraction", 6, 1e-3, "none", True),
+                              *(Phase(f"unfreeze_{k}", 3, 1e-4, f"from:block{6 - k}", True) for k in (1, 2, 3))], True),
     }
     assert set(PRESETS) == set(want)
     for name, (phases, pretrained) in want.items():
