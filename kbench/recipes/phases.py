@@ -32,6 +32,7 @@ from kbench import KbenchError
 from kbench.recipes.policy import (
     RECIPE_POLICY,
     block_prefix,
+    check_averaging,
     check_phase_policy,
     check_recipe_policy,
     inherit,
@@ -425,6 +426,7 @@ def build_recipe(cfg, default_unfreeze: str) -> Recipe:
     label = recipe_label(cfg)
     check_recipe_policy(cfg)
     phases, pretrained = _recipe_phases(cfg, default_unfreeze)
+    check_averaging(phases, cfg.swa_epochs, cfg.ema)
     if cfg.cache not in CACHE_MODES:
         raise KbenchError(f"recipe.cache {cfg.cache!r} is not valid; choose one of: {', '.join(CACHE_MODES)}")
     return Recipe(label, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache, pretrained=pretrained,

@@ -131,6 +131,31 @@ def check_recipe_policy(cfg) -> None:
     check_phase_policy({k: getattr(cfg, k) for k in PHASE_POLICY}, "recipe")
 
 
+def check_averaging(phases: list, swa_epochs: int, ema: float | None) -> None:
+    """Check the weight-averaging settings against the phases: SWA averages the last
+    ``swa_epochs`` epochs of the last phase that trains (the last with epochs > 0), so it
+    needs that many; EMA and SWA are two ways of averaging the same weights, so one at a time.
+
+    Args:
+        phases: the recipe's phases (objects with ``name`` and ``epochs``).
+        swa_epochs: ``recipe.swa_epochs`` (0 = no SWA).
+        ema: ``recipe.ema`` (None = no EMA).
+
+    Raises:
+        KbenchError: one message naming the values and what to write.
+    """
+    if not swa_epochs:
+        return
+    if ema is not None:
+        raise KbenchError(f"recipe.ema={ema} and recipe.swa_epochs={swa_epochs} are both set; average the weights "
+                          "one way: set recipe.ema: null or recipe.swa_epochs: 0")
+    last = next((p for p in reversed(phases) if p.epochs > 0), None)
+    if last is None or swa_epochs > last.epochs:
+        where = f"the last phase that trains ({last.name!r}) has {last.epochs}" if last else "no phase trains"
+        raise KbenchError(f"recipe.swa_epochs={swa_epochs} is more than the epochs SWA can average: {where}; "
+                          f"use recipe.swa_epochs <= {last.epochs if last else 0}")
+
+
 def inherit(row: dict, cfg) -> dict:
     """``row``'s :data:`PHASE_POLICY` values, each ``None`` replaced by the recipe's ``cfg.<key>``
     (and that ``None`` by the default)."""
@@ -165,5 +190,5 @@ def block_prefix(top_block: str, k: int) -> str:
     return f"{m.group(1)}{int(m.group(2)) - (k - 1)}"
 
 
-__all__ = ["BN_MODES", "PHASE_POLICY", "RECIPE_POLICY", "SCHEDULES", "block_prefix", "check_phase_policy",
-           "check_recipe_policy", "inherit"]
+__all__ = ["BN_MODES", "PHASE_POLICY", "RECIPE_POLICY", "SCHEDULES", "block_prefix", "check_averaging",
+           "check_phase_policy", "check_recipe_policy", "inherit"]

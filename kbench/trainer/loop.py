@@ -54,10 +54,14 @@ class LoopTools:
         return [*bar, GuardCallback(self.guard)]
 
     def compile(self, net: keras.Model, from_logits: bool, learning_rate: float, optimizer: str = "adam",
-                weight_decay: float = 0.0, momentum: float = 0.9) -> None:
+                weight_decay: float = 0.0, momentum: float = 0.9, ema: float | None = None) -> None:
         """Compile ``net`` with a fresh optimizer (see :func:`kbench.recipes.make_optimizer`),
-        sparse categorical cross-entropy and top-1 accuracy."""
-        net.compile(optimizer=make_optimizer(optimizer, learning_rate, weight_decay, momentum),
+        sparse categorical cross-entropy and top-1 accuracy. ``ema``: keep an exponential
+        moving average of the weights with this momentum (Keras ``use_ema``; None = no)."""
+        opt = make_optimizer(optimizer, learning_rate, weight_decay, momentum)
+        if ema is not None:
+            opt.use_ema, opt.ema_momentum = True, ema
+        net.compile(optimizer=opt,
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
                     metrics=["accuracy"], jit_compile=self.jit_compile)
 
