@@ -31,10 +31,12 @@ from typing import Optional
 from kbench import KbenchError
 from kbench.recipes.policy import (
     RECIPE_POLICY,
-    block_prefix,
+    check_averaging,
     check_phase_policy,
     check_recipe_policy,
     inherit,
+    train_base,
+    train_form,
 )
 from kbench.recipes.presets import PRESET_KEYS, PRESETS, check_unfreeze_blocks
 
@@ -43,7 +45,6 @@ CACHE_MODES = ("auto", "off")
 CUSTOM_LABEL = "custom"
 # Phase names and recipe labels: they are written to metrics.csv and name run folders.
 NAME_PATTERN = re.compile(r"[\w.+-]+")
-TRAIN_FORMS = "none, all, auto, blocks:<K>, from:<layer-name prefix>, last:<N> or a layer-name prefix"
 AUTO_LR = "auto"  # learning_rate: auto = the LR finder's suggestion (kbench.trainer.lr_finder)
 
 
@@ -162,50 +163,6 @@ class Recipe:
     ema: float | None = None
     swa_epochs: int = 0
     lr_find_steps: int = 100
-
-
-def train_form(train: str) -> tuple[str, str | int | None]:
-    """Parse a ``train`` value (see :class:`PhaseConfig`).
-
-    Returns:
-        ``("none" | "all" | "auto", None)``, ``("from", prefix)`` or ``("last", N)``.
-
-    Raises:
-        ValueError: why the value is not valid (the caller says where it came from).
-    """
-    if not isinstance(train, str):
-        raise ValueError(f"{train!r} is not a string; use {TRAIN_FORMS}")
-    if train in ("none", "all", "auto"):
-        return train, None
-    kind, sep, rest = train.partition(":")
-    if not sep and train.strip():
-        return "from", train
-    if kind == "from" and rest and ":" not in rest:
-        return "from", rest
-    if kind in ("last", "blocks"):
-        if rest.isascii() and rest.isdigit() and int(rest) > 0:
-            return kind, int(rest)
-        raise ValueError(f"{train!r}: {'N' if kind == 'last' else 'K'} must be a positive integer, e.g. {kind}:{4 if kind == 'last' else 2}")
-    raise ValueError(f"{train!r} is not valid; use {TRAIN_FORMS}")
-
-
-def train_base(train: str, default_unfreeze: str) -> str:
-    """:attr:`Phase.train_base` for a ``train`` value: ``none``, ``all``, ``from:<prefix>``
-    or ``last:<N>``; ``auto`` becomes the backbone's ``default_unfreeze`` (registry) and
-    ``blocks:<K>`` the top K blocks, numbered down from it
-    (:func:`~kbench.recipes.policy.block_prefix`: ``blocks:2`` of VGG16 is ``from:block4``).
-
-    Raises:
-        ValueError: ``train`` (or ``default_unfreeze`` for ``auto``) is not valid.
-    """
-    kind, arg = train_form(train)
-    if kind == "blocks":
-        kind, arg = "from", block_prefix(default_unfreeze, arg)
-    if kind == "auto":
-        kind, arg = train_form(default_unfreeze)
-        if kind == "auto":
-            raise ValueError(f"'auto' needs the backbone's top block, got default_unfreeze={default_unfreeze!r}")
-    return kind if arg is None else f"{kind}:{arg}"
 
 
 def _is_int(v) -> bool:
@@ -428,6 +385,7 @@ def build_recipe(cfg, default_unfreeze: str) -> Recipe:
     label = recipe_label(cfg)
     check_recipe_policy(cfg)
     phases, pretrained = _recipe_phases(cfg, default_unfreeze)
+    check_averaging(phases, cfg.swa_epochs, cfg.ema)
     if cfg.cache not in CACHE_MODES:
         raise KbenchError(f"recipe.cache {cfg.cache!r} is not valid; choose one of: {', '.join(CACHE_MODES)}")
     return Recipe(label, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache, pretrained=pretrained,

@@ -131,6 +131,31 @@ def check_recipe_policy(cfg) -> None:
     check_phase_policy({k: getattr(cfg, k) for k in PHASE_POLICY}, "recipe")
 
 
+def check_averaging(phases: list, swa_epochs: int, ema: float | None) -> None:
+    """Check the weight-averaging settings against the phases: SWA averages the last
+    ``swa_epochs`` epochs of the last phase that trains (the last with epochs > 0), so it
+    needs that many; EMA and SWA are two ways of averaging the same weights, so one at a time.
+
+    Args:
+        phases: the recipe's phases (objects with ``name`` and ``epochs``).
+        swa_epochs: ``recipe.swa_epochs`` (0 = no SWA).
+        ema: ``recipe.ema`` (None = no EMA).
+
+    Raises:
+        KbenchError: one message naming the values and what to write.
+    """
+    if not swa_epochs:
+        return
+    if ema is not None:
+        raise KbenchError(f"recipe.ema={ema} and recipe.swa_epochs={swa_epochs} are both set; average the weights "
+                          "one way: set recipe.ema: null or recipe.swa_epochs: 0")
+    last = next((p for p in reversed(phases) if p.epochs > 0), None)
+    if last is None or swa_epochs > last.epochs:
+        where = f"the last phase that trains ({last.name!r}) has {last.epochs}" if last else "no phase trains"
+        raise KbenchError(f"recipe.swa_epochs={swa_epochs} is more than the epochs SWA can average: {where}; "
+                          f"use recipe.swa_epochs <= {last.epochs if last else 0}")
+
+
 def inherit(row: dict, cfg) -> dict:
     """``row``'s :data:`PHASE_POLICY` values, each ``None`` replaced by the recipe's ``cfg.<key>``
     (and that ``None`` by the default)."""
@@ -161,6 +186,53 @@ def schedule_updates(phase, batches_per_epoch: int, epochs: int, accumulate: int
     return updates, warmup
 
 
+TRAIN_FORMS = "none, all, auto, blocks:<K>, from:<layer-name prefix>, last:<N> or a layer-name prefix"
+
+
+def train_form(train: str) -> tuple[str, str | int | None]:
+    """Parse a ``train`` value (see :class:`PhaseConfig`).
+
+    Returns:
+        ``("none" | "all" | "auto", None)``, ``("from", prefix)`` or ``("last", N)``.
+
+    Raises:
+        ValueError: why the value is not valid (the caller says where it came from).
+    """
+    if not isinstance(train, str):
+        raise ValueError(f"{train!r} is not a string; use {TRAIN_FORMS}")
+    if train in ("none", "all", "auto"):
+        return train, None
+    kind, sep, rest = train.partition(":")
+    if not sep and train.strip():
+        return "from", train
+    if kind == "from" and rest and ":" not in rest:
+        return "from", rest
+    if kind in ("last", "blocks"):
+        if rest.isascii() and rest.isdigit() and int(rest) > 0:
+            return kind, int(rest)
+        raise ValueError(f"{train!r}: {'N' if kind == 'last' else 'K'} must be a positive integer, e.g. {kind}:{4 if kind == 'last' else 2}")
+    raise ValueError(f"{train!r} is not valid; use {TRAIN_FORMS}")
+
+
+def train_base(train: str, default_unfreeze: str) -> str:
+    """:attr:`Phase.train_base` for a ``train`` value: ``none``, ``all``, ``from:<prefix>``
+    or ``last:<N>``; ``auto`` becomes the backbone's ``default_unfreeze`` (registry) and
+    ``blocks:<K>`` the top K blocks, numbered down from it
+    (:func:`~kbench.recipes.policy.block_prefix`: ``blocks:2`` of VGG16 is ``from:block4``).
+
+    Raises:
+        ValueError: ``train`` (or ``default_unfreeze`` for ``auto``) is not valid.
+    """
+    kind, arg = train_form(train)
+    if kind == "blocks":
+        kind, arg = "from", block_prefix(default_unfreeze, arg)
+    if kind == "auto":
+        kind, arg = train_form(default_unfreeze)
+        if kind == "auto":
+            raise ValueError(f"'auto' needs the backbone's top block, got default_unfreeze={default_unfreeze!r}")
+    return kind if arg is None else f"{kind}:{arg}"
+
+
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
@@ -183,5 +255,6 @@ def block_prefix(top_block: str, k: int) -> str:
     return f"{m.group(1)}{int(m.group(2)) - (k - 1)}"
 
 
-__all__ = ["BN_MODES", "PHASE_POLICY", "RECIPE_POLICY", "SCHEDULES", "block_prefix", "check_phase_policy",
-           "check_recipe_policy", "inherit", "schedule_updates"]
+__all__ = ["BN_MODES", "PHASE_POLICY", "RECIPE_POLICY", "SCHEDULES", "block_prefix", "check_averaging",
+           "check_phase_policy", "check_recipe_policy", "inherit", "schedule_updates", "train_base",
+           "train_form"]

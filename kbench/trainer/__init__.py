@@ -4,7 +4,7 @@
 state (:mod:`~kbench.trainer.state`) as data,
 its callbacks, checkpoints and exact resume, best-epoch tracking (keras-free
 :mod:`~kbench.trainer.best`), the frozen-prefix feature cache, evaluation and the run
-folder's results.
+folder's results, and weight averaging (EMA, SWA: :mod:`~kbench.trainer.averaging`).
 
 Public names resolve lazily, so importing a keras-free module here imports no keras.
 """
@@ -19,6 +19,7 @@ _EXPORTS = {
     **dict.fromkeys(["MONITORS", "BestTracker"], "kbench.trainer.best"),
     "PhaseRun": "kbench.trainer.phase",
     "LoopTools": "kbench.trainer.loop",
+    **dict.fromkeys(["Averaging", "recalibrate_bn"], "kbench.trainer.averaging"),
     "Evaluator": "kbench.trainer.evaluate",
     "FeatureCache": "kbench.trainer.cache",
     **dict.fromkeys(["Recipe", "make_optimizer"], "kbench.recipes"),

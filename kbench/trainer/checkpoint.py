@@ -10,9 +10,14 @@ A checkpoint is a folder ``<run_dir>/checkpoints/<tag>/`` holding
   rate, every slot), when the checkpoint lies inside a phase;
 * ``metrics.npz``: the running metric accumulators (loss and accuracy totals
   and counts) of a checkpoint taken inside an epoch;
+* ``swa.npz``: the SWA running average (:mod:`kbench.trainer.averaging`), once SWA
+  has averaged an epoch (other named array files can be added the same way);
 * ``state.json``: trainer state (format version, phase, epoch, global step,
   trainable layers, learning rate, monitored metric and best value so far,
-  metric history, per-phase timings, class names, preprocessing mode).
+  metric history, per-phase timings, class names, preprocessing mode; with EMA
+  ``ema_in_model``: ``model.npz`` holds the averaged weights and the optimizer's
+  average slots the trained ones, as at an epoch end; with SWA ``swa``: the epochs
+  averaged and which variables).
 
 Tags: ``epoch-NNNN`` after every epoch; ``step-NNNNNNNN`` every N optimizer
 steps inside an epoch (``trainer.checkpoint_every_n_steps``; only the newest is
@@ -88,7 +93,8 @@ def check_free_space(folder: str, need_bytes: int) -> None:
                           "--trainer.default_root_dir elsewhere or --trainer.enable_checkpointing false")
 
 
-def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict, metrics: list | None = None) -> str:
+def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict, metrics: list | None = None,
+         arrays: dict[str, list] | None = None) -> str:
     """Write checkpoint ``<run_dir>/checkpoints/<tag>`` atomically; returns its path.
 
     Args:
@@ -97,6 +103,8 @@ def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict, met
         state: JSON-serialisable trainer state (see module docstring).
         metrics: the fitted model's ``metrics_variables`` for a checkpoint inside
             an epoch (saved as ``metrics.npz``), else None.
+        arrays: more arrays to keep, ``{name: [np.ndarray, ...]}``, each saved as
+            ``<name>.npz`` (read back with :func:`load_arrays`).
 
     Raises:
         KbenchError: the write failed (disk full, permissions); the temporary
@@ -117,6 +125,8 @@ def save(run_dir: str, tag: str, model: keras.Model, optimizer, state: dict, met
             _write_npz(os.path.join(tmp, "optimizer.npz"), _values(optimizer.variables))
         if metrics is not None:
             _write_npz(os.path.join(tmp, "metrics.npz"), _values(metrics))
+        for name, values in (arrays or {}).items():
+            _write_npz(os.path.join(tmp, f"{name}.npz"), values)
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump(state, f, indent=1, default=float)
             f.flush()
@@ -241,6 +251,19 @@ def restore_optimizer(ckpt: str, net: keras.Model, state: dict) -> None:
     _assign(net.optimizer.variables, _read_npz(path), "optimizer", ckpt)
 
 
+def load_arrays(ckpt: str, name: str) -> list[np.ndarray]:
+    """The arrays that :func:`save` wrote as ``<name>.npz`` into checkpoint ``ckpt``, in order.
+
+    Raises:
+        KbenchError: the file is missing or unreadable.
+    """
+    try:
+        return _read_npz(os.path.join(ckpt, f"{name}.npz"))
+    except (OSError, ValueError, KeyError) as e:
+        raise KbenchError(f"checkpoint {ckpt!r}: cannot read {name}.npz ({e}); resume from an earlier checkpoint "
+                          f"of the run (checkpoints/epoch-NNNN)") from None
+
+
 def restore_metrics(ckpt: str, net: keras.Model) -> None:
     """Assign a position checkpoint's ``metrics.npz`` to ``net.metrics_variables``.
 
@@ -290,16 +313,18 @@ class StepCheckpoint(keras.callbacks.Callback):
         every_n: steps between checkpoints (None or 0: only on a signal).
         guard: the trainer's :class:`~kbench.trainer.callbacks.SignalGuard`.
         meter: the phase's :class:`~kbench.trainer.callbacks.ThroughputMeter` (global step).
+        arrays: ``() -> dict`` of more arrays to save (see :func:`save`), or None.
 
     Attributes:
         offset: batches of the current epoch done before this ``fit`` call (a
             resumed epoch's first ``fit`` serves only the remaining batches).
     """
 
-    def __init__(self, run_dir: str | None, e2e: keras.Model, make_state, every_n: int | None, guard, meter):
+    def __init__(self, run_dir: str | None, e2e: keras.Model, make_state, every_n: int | None, guard, meter,
+                 arrays=None):
         super().__init__()
         self.run_dir, self.e2e, self.make_state = run_dir, e2e, make_state
-        self.every_n, self.guard, self.meter = every_n, guard, meter
+        self.every_n, self.guard, self.meter, self.arrays = every_n, guard, meter, arrays or dict
         self.offset, self.epoch = 0, 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -315,7 +340,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         kind = "interrupted" if signalled else "step"
         tag = "interrupted" if signalled else f"step-{self.meter.global_step:08d}"
         state = self.make_state(self.epoch, self.offset + batch + 1, kind)
-        save(self.run_dir, tag, self.e2e, self.model.optimizer, state, metrics=self.model.metrics_variables)
+        save(self.run_dir, tag, self.e2e, self.model.optimizer, state, metrics=self.model.metrics_variables,
+             arrays=self.arrays())
         write_last(self.run_dir, tag)
         prune(self.run_dir, {tag}, kinds=("step-",))
 
@@ -331,11 +357,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         e2e: the end-to-end model whose variables are saved.
         make_state: ``(epoch_1based, logs, stopped) -> dict`` trainer state.
         tracker: the trainer's :class:`BestTracker`.
+        arrays: ``() -> dict`` of more arrays to save (see :func:`save`), or None.
     """
 
-    def __init__(self, run_dir: str | None, e2e: keras.Model, make_state, tracker: "BestTracker"):
+    def __init__(self, run_dir: str | None, e2e: keras.Model, make_state, tracker: "BestTracker", arrays=None):
         super().__init__()
         self.run_dir, self.e2e, self.make_state, self.tracker = run_dir, e2e, make_state, tracker
+        self.arrays = arrays or dict
         self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -353,6 +381,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 self.tracker.best_weights = _values(self.e2e.variables)
             return
         tag = f"epoch-{epoch + 1:04d}"
-        save(self.run_dir, tag, self.e2e, self.model.optimizer, state)
+        save(self.run_dir, tag, self.e2e, self.model.optimizer, state, arrays=self.arrays())
         write_last(self.run_dir, tag)
         prune(self.run_dir, self.tracker.keep(tag))

@@ -33,6 +33,7 @@ from kbench.recipes.layerwise import describe, layer_multipliers, variable_multi
 from kbench.recipes.phases import AUTO_LR
 from kbench.recipes.schedules import phase_learning_rate
 from kbench.trainer import checkpoint
+from kbench.trainer.averaging import Averaging
 from kbench.trainer.callbacks import LearningRateTrace, MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
 from kbench.trainer.plan import PhasePlan
 from kbench.trainer.state import FitRun
@@ -65,6 +66,8 @@ class PhaseRun:
         self.first_trainable = 0  # index of the lowest backbone layer the phase trains
         self.learning_rate: float | None = None  # the phase's peak learning rate, once compiled
         self.multipliers: dict[str, float] = {}  # layer-wise multipliers of trainable layers
+        if run.averaging is None:  # a phase run outside Trainer.fit: EMA as the recipe says, no SWA
+            run.averaging = Averaging(run.recipe, [])
 
     def execute(self) -> dict:
         """Run the phase; returns its row for ``results.json`` ``phases``."""
@@ -83,12 +86,24 @@ class PhaseRun:
         self.state.epoch = self.entry_epoch + len(self.logger.rows)
         return {**self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s), **audit}
 
+    def _configure(self) -> keras.Model:
+        """Set what trains; returns the end-to-end model composed for the phase."""
+        phase = self.plan.phase
+        apply_phase(self.run.model.base, phase)
+        self.first_trainable = first_trainable_index(self.run.model.base, phase.train_base)
+        return self.run.model.compose(base_training=False if phase.base_inference else None)
+
+    def sequences(self) -> tuple:
+        """``(net, train, val)`` as the phase trains them, without training: what it sets
+        trainable, the model ``fit`` trains (on the cache cut or end to end) and its data
+        (used after the fit, e.g. for SWA's BatchNormalization pass)."""
+        train, val = self._data(self._configure())
+        return self.net, train, val
+
     def _apply(self) -> tuple[keras.Model, tuple[int, int]]:
         """Set what trains; returns the end-to-end model and (trainable, frozen) counts."""
         phase, plan = self.plan.phase, self.plan
-        apply_phase(self.run.model.base, phase)
-        self.first_trainable = first_trainable_index(self.run.model.base, phase.train_base)
-        e2e = self.run.model.compose(base_training=False if phase.base_inference else None)
+        e2e = self._configure()
         trainable, frozen = count_params(e2e)
         self.tools.log(f"[bold cyan]phase {phase.name}[/]: {plan.epochs} epoch(s) at learning rate "
                        f"{phase.learning_rate}, schedule {phase.schedule}"
@@ -133,7 +148,9 @@ class PhaseRun:
             self.tools.log(f"  gradient accumulation: {recipe.accumulate_steps} batches per update, effective batch "
                            f"size {dm.batch_size * recipe.accumulate_steps}")
         if plan.resume_ckpt:
-            checkpoint.restore_optimizer(plan.resume_ckpt, self.net, checkpoint.load_state(plan.resume_ckpt))
+            saved = checkpoint.load_state(plan.resume_ckpt)
+            checkpoint.restore_optimizer(plan.resume_ckpt, self.net, saved)
+            self.run.averaging.optimizer_restored(self.net, saved)
         self.state.net = self.net
 
     def phase_learning_rate(self) -> float:
@@ -160,18 +177,23 @@ class PhaseRun:
         return variable_multiplier(layers, mults)
 
     def _callbacks(self, train_seq) -> list:
-        """Throughput meter, metrics logger, epoch and step checkpoints, step limit,
-        progress bar and guard, then the trainer's extra callbacks (in that order)."""
-        trainer, model = self.trainer, self.run.model
+        """Throughput meter, metrics logger, weight averaging's callbacks around the epoch
+        checkpoint (:meth:`~kbench.trainer.averaging.Averaging.callbacks`), step checkpoint,
+        step limit, progress bar and guard, then the trainer's extra callbacks (in that order)."""
+        trainer, model, avg = self.trainer, self.run.model, self.run.averaging
         self.meter = ThroughputMeter(train_seq.batch_sizes(), global_step=self.state.step)
         self.logger = MetricsLogger(self.run.csv_path, self.plan.phase.name, self.meter)
         ckpt_dir = self.run.run_dir if trainer.enable_checkpointing else None
-        self.saver = checkpoint.EpochCheckpoint(ckpt_dir, model.keras_model, self.epoch_state, self.state.tracker)
+        self.saver = checkpoint.EpochCheckpoint(ckpt_dir, model.keras_model, self.epoch_state, self.state.tracker,
+                                                arrays=avg.arrays)
         self.stepper = checkpoint.StepCheckpoint(ckpt_dir, model.keras_model, self.position_state,
-                                                 trainer.checkpoint_every_n_steps, self.tools.guard, self.meter)
+                                                 trainer.checkpoint_every_n_steps, self.tools.guard, self.meter,
+                                                 arrays=avg.arrays)
         trace = LearningRateTrace(self.run.lr_trace_path, self.plan.phase.name, self.meter)
-        return [self.meter, self.logger, trace, self.saver, self.stepper, MaxStepsStopper(self.meter, trainer.max_steps),
-                *self.tools.callbacks(self.plan.phase.name), *trainer.callbacks]
+        before, after = avg.callbacks(self.plan, self.start_epoch, model.keras_model)
+        return [self.meter, self.logger, trace, *before, self.saver, *after, self.stepper,
+                MaxStepsStopper(self.meter, trainer.max_steps), *self.tools.callbacks(self.plan.phase.name),
+                *trainer.callbacks]
 
     def _fit(self, train_seq, val_seq, callbacks: list) -> None:
         """``Model.fit`` over the phase's remaining epochs (after the rest of an
@@ -182,6 +204,7 @@ class PhaseRun:
                 self._finish_interrupted_epoch(train_seq, val_seq, callbacks)
                 first = self.entry_epoch + 1
             if first < end and not (self.plan.skip and self.net.stop_training):
+                self.run.averaging.continue_phase(self.net)
                 self.net.fit(train_seq, validation_data=val_seq, epochs=end, initial_epoch=first, shuffle=False,
                              verbose=0, callbacks=callbacks)
         finally:
@@ -194,8 +217,9 @@ class PhaseRun:
         epoch, skip = self.entry_epoch, self.plan.skip
         tail = train_seq.tail(skip)
         self.meter.batch_sizes, self.stepper.offset = tail.batch_sizes(), skip
-        self.net.fit(tail, validation_data=val_seq, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
-                     callbacks=[checkpoint.RestoreMetrics(self.plan.resume_ckpt, tail[0]), *callbacks])
+        with self.run.averaging.tail_fit():
+            self.net.fit(tail, validation_data=val_seq, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                         verbose=0, callbacks=[checkpoint.RestoreMetrics(self.plan.resume_ckpt, tail[0]), *callbacks])
         self.meter.batch_sizes, self.stepper.offset = train_seq.batch_sizes(), 0
         train_seq.epoch = epoch + 1
 
@@ -228,7 +252,7 @@ class PhaseRun:
                 "history": s.history + self.logger.rows, "phases": s.phases, "tracker": s.tracker.to_dict(),
                 "class_names": m.class_names, "preprocess": m.preprocess.mode, "backbone": m.spec.name,
                 "image_size": m.image_size, "seed": trainer.seed, "backend": backend.name(),
-                "precision": trainer.precision}
+                "precision": trainer.precision, **self.run.averaging.state()}
 
     def _row(self, counts: tuple[int, int], wall_s: float, fit_s: float, cache_s: float) -> dict:
         """The phase's ``results.json`` row (times in s, throughput in images/s)."""

@@ -110,6 +110,8 @@ class FitRun:
         run_dir: the run folder (``metrics.csv``, ``checkpoints/``, ...).
         e2e: the end-to-end ``keras.Model`` whose variables checkpoints restore.
         cache: the frozen-prefix :class:`~kbench.trainer.cache.FeatureCache`.
+        averaging: the fit's :class:`~kbench.trainer.averaging.Averaging` (EMA, SWA),
+            set once the phases are planned.
     """
 
     model: TransferModel
@@ -118,6 +120,7 @@ class FitRun:
     run_dir: str
     e2e: Any
     cache: FeatureCache
+    averaging: Any = None
 
     @property
     def csv_path(self) -> str:

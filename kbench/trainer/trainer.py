@@ -37,6 +37,7 @@ from kbench.data.batches import count_batches
 from kbench.models import TransferModel
 from kbench.recipes import Recipe, check_train_layers
 from kbench.trainer import checkpoint
+from kbench.trainer.averaging import Averaging
 from kbench.trainer.best import BestTracker
 from kbench.trainer.cache import FeatureCache
 from kbench.trainer.callbacks import NonFiniteLoss, TrainingInterrupted
@@ -175,6 +176,9 @@ class Trainer:
         run = self._start(model, datamodule, recipe, config, resume)
         plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run,
                             count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")))
+        run.averaging = Averaging(recipe, plans, self.tools.log)
+        if resume:
+            run.averaging.resume(resume.ckpt, resume.saved)
         with self.tools.guard:
             try:
                 self._run_phases(run, plans, resume)
@@ -233,13 +237,26 @@ class Trainer:
         return True
 
     def _test(self, run: FitRun, plans: list[PhasePlan]) -> dict:
-        """Restore the best epoch, test it (on the last trained phase's cache cut, if
-        any) and time inference; returns ``{"tested_epoch", "test", "inference"}``."""
+        """Put the SWA average (with SWA) or the best epoch in the model, test it (on the
+        last trained phase's cache cut, if any) and time inference; returns
+        ``{"tested_epoch", "test", "inference", "swa"}``."""
         last_cut = next((p.cut for p in reversed(plans) if p.epochs), None)
-        tested_epoch = restore_best(self.state, run, self.enable_checkpointing, self.tools.log)
+        swa = self._apply_swa(run)
+        tested_epoch = self.state.epoch if swa else restore_best(self.state, run, self.enable_checkpointing,
+                                                                 self.tools.log)
         test = self.evaluator.test_after_fit(run.model, run.datamodule, run.cache, last_cut)
-        return {"tested_epoch": tested_epoch, "test": test,
+        return {"tested_epoch": tested_epoch, "test": test, "swa": swa,
                 "inference": self.evaluator.inference(run.model, run.datamodule)}
+
+    def _apply_swa(self, run: FitRun) -> dict | None:
+        """The SWA average in the model, BatchNormalization recalibrated on the SWA
+        phase's training data, validated (see :mod:`kbench.trainer.averaging`);
+        None without SWA."""
+        avg = run.averaging
+        if avg.swa_plan is None:
+            return None
+        return avg.apply_swa(run.model.keras_model, PhaseRun(self, run, avg.swa_plan).sequences,
+                             lambda n, seq: self.evaluator.evaluate_sequence(run.model, n, seq, "swa validation"))
 
     def _finish(self, run: FitRun, outcome: dict, resume: ResumePoint | None, elapsed_s: float) -> dict:
         """Save ``model.keras``, write ``results.json``, print the summary table."""
@@ -253,7 +270,8 @@ class Trainer:
                                      extra={"tested_epoch": outcome["tested_epoch"], "monitor": tracker.monitor,
                                             "best_epoch": tracker.best_epoch,
                                             "best_monitor_value": tracker.best_value,
-                                            "resumed_from": os.path.basename(resume.ckpt) if resume else None})
+                                            "resumed_from": os.path.basename(resume.ckpt) if resume else None,
+                                            **run.averaging.results(outcome["swa"])})
         self.tools.console.print(summary_table(self.results, self.history))
         return self.results
 
