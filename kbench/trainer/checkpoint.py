@@ -11,7 +11,8 @@ A checkpoint is a folder ``<run_dir>/checkpoints/<tag>/`` holding
 * ``metrics.npz``: the running metric accumulators (loss and accuracy totals
   and counts) of a checkpoint taken inside an epoch;
 * ``state.json``: trainer state (format version, phase, epoch, global step,
-  trainable layers, learning rate, monitored metric and best value so far,
+  trainable layers, learning rate (and ``learning_rate_found``, the LR finder's
+  value of a ``learning_rate: auto`` phase, else null), monitored metric and best value so far,
   metric history, per-phase timings, class names, preprocessing mode).
 
 Tags: ``epoch-NNNN`` after every epoch; ``step-NNNNNNNN`` every N optimizer

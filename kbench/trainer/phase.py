@@ -26,7 +26,7 @@ import numpy as np
 from kbench import backend
 from kbench.data import BatchSequence
 from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, first_trainable_index, snapshot_frozen
-from kbench.trainer import checkpoint
+from kbench.trainer import checkpoint, lr_finder
 from kbench.trainer.callbacks import MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
 from kbench.trainer.plan import PhasePlan
 from kbench.trainer.state import FitRun
@@ -57,13 +57,15 @@ class PhaseRun:
         self.saver: checkpoint.EpochCheckpoint | None = None
         self.stepper: checkpoint.StepCheckpoint | None = None
         self.first_trainable = 0  # index of the lowest backbone layer the phase trains
+        self.train_seq = None  # the phase's training batches, once :meth:`data` made them
+        self.found_lr: float | None = plan.found_lr  # learning_rate: auto: the LR finder's suggestion
 
     def execute(self) -> dict:
         """Run the phase; returns its row for ``results.json`` ``phases``."""
-        e2e, counts = self._apply()
+        e2e, counts = self.apply()
         before = snapshot_frozen(e2e)
         t0, cache_s = time.perf_counter(), self.run.cache.seconds
-        train_seq, val_seq = self._data(e2e)
+        train_seq, val_seq = self.data(e2e)
         self._compile()
         callbacks = self._callbacks(train_seq)
         t_fit = time.perf_counter()
@@ -74,23 +76,27 @@ class PhaseRun:
         self.state.epoch = self.entry_epoch + len(self.logger.rows)
         return self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s)
 
-    def _apply(self) -> tuple[keras.Model, tuple[int, int]]:
+    def apply(self) -> tuple[keras.Model, tuple[int, int]]:
         """Set what trains; returns the end-to-end model and (trainable, frozen) counts."""
         phase, plan = self.plan.phase, self.plan
+        lr = phase.learning_rate
+        lr_text = (f"{lr:g}" if not isinstance(lr, str) else "auto (LR finder)" if self.found_lr is None
+                   else f"{self.found_lr:g} (auto, found before the interruption)")
         apply_phase(self.run.model.base, phase)
         self.first_trainable = first_trainable_index(self.run.model.base, phase.train_base)
         e2e = self.run.model.compose(base_training=False if phase.base_inference else None)
         trainable, frozen = count_params(e2e)
         self.tools.log(f"[bold cyan]phase {phase.name}[/]: {plan.epochs} epoch(s) at learning rate "
-                       f"{phase.learning_rate:g}; trainable params {trainable:,}, non-trainable {frozen:,}"
+                       f"{lr_text}; trainable params {trainable:,}, non-trainable {frozen:,}"
                        + (f"; frozen-prefix cache at {plan.cut!r}" if plan.cut else "")
                        + (f"; resuming after {plan.done_before} epoch(s)" if plan.done_before else ""))
         self.state.phase_index, self.state.net = plan.index, None
         return e2e, (trainable, frozen)
 
-    def _data(self, e2e: keras.Model) -> tuple:
+    def data(self, e2e: keras.Model) -> tuple:
         """Training and validation sequences (validation None without a val split);
-        sets :attr:`net`, the model ``fit`` trains (the suffix above the cut, or ``e2e``)."""
+        sets :attr:`net`, the model ``fit`` trains (the suffix above the cut, or ``e2e``),
+        and :attr:`train_seq`."""
         run, cut, limit = self.run, self.plan.cut, self.tools.limit
         dm = run.datamodule
         if cut:
@@ -106,16 +112,31 @@ class PhaseRun:
             train = dm.loader("train", run.model.image_size, shuffle=True, limit_batches=limit("train"))
             val = dm.loader("val", run.model.image_size, limit_batches=limit("val")) if len(dm.val) else None
         train.epoch = self.entry_epoch
+        self.train_seq = train
         return train, val
 
     def _compile(self) -> None:
         """A fresh optimizer at the phase's learning rate, or the checkpoint's slots."""
         recipe, plan = self.run.recipe, self.plan
-        self.tools.compile(self.net, self.run.model.from_logits, plan.phase.learning_rate, recipe.optimizer,
+        self.tools.compile(self.net, self.run.model.from_logits, self.phase_learning_rate(), recipe.optimizer,
                            recipe.weight_decay, recipe.momentum)
         if plan.resume_ckpt:
             checkpoint.restore_optimizer(plan.resume_ckpt, self.net, checkpoint.load_state(plan.resume_ckpt))
         self.state.net = self.net
+
+    def phase_learning_rate(self) -> float:
+        """The phase's learning rate: ``phase.learning_rate`` when it is a number; for
+        ``learning_rate: auto`` the LR finder's suggestion, found once per phase
+        (:func:`kbench.trainer.lr_finder.auto_learning_rate` on :attr:`net` and
+        :attr:`train_seq`, so after :meth:`data` and before the optimizer is compiled;
+        every model variable is as before afterwards) or, on resume, the value the
+        checkpoint recorded (``learning_rate_found`` in its state)."""
+        lr = self.plan.phase.learning_rate
+        if not isinstance(lr, str):
+            return lr
+        if self.found_lr is None:
+            self.found_lr = lr_finder.auto_learning_rate(self)
+        return self.found_lr
 
     def _callbacks(self, train_seq) -> list:
         """Throughput meter, metrics logger, epoch and step checkpoints, step limit,
@@ -180,7 +201,7 @@ class PhaseRun:
         s, m, plan, trainer = self.state, self.run.model, self.plan, self.trainer
         return {"phase_index": plan.index, "phase": plan.phase.name, "phase_epochs_done": done,
                 "phase_epochs": plan.epochs, "phase_done": phase_done, "epoch": s.epoch, "step": s.step,
-                "learning_rate": current_lr(self.net),
+                "learning_rate": current_lr(self.net), "learning_rate_found": self.found_lr,
                 "trainable_layers": [la.name for la in m.base.layers if la.trainable],
                 "history": s.history + self.logger.rows, "phases": s.phases, "tracker": s.tracker.to_dict(),
                 "class_names": m.class_names, "preprocess": m.preprocess.mode, "backbone": m.spec.name,
@@ -192,7 +213,7 @@ class PhaseRun:
         plan, meter, steps = self.plan, self.meter, self.meter.step_times
         return {
             "phase": plan.phase.name, "epochs": plan.done_before + len(self.logger.rows),
-            "learning_rate": plan.phase.learning_rate, "trainable_params": counts[0],
+            "learning_rate": self.phase_learning_rate(), "trainable_params": counts[0],
             "non_trainable_params": counts[1], "cache_cut": plan.cut, "wall_time_s": wall_s, "fit_time_s": fit_s,
             "cache_time_s": cache_s if plan.cut else 0.0,
             "train_images_per_s": meter.images_per_s, "first_steps_s": meter.first_steps_s,
@@ -200,6 +221,7 @@ class PhaseRun:
             "step_time_ms_p95": float(np.percentile(steps, 95) * 1e3) if steps else None,
             "optimizer_iterations": int(keras.ops.convert_to_numpy(self.net.optimizer.iterations)),
             "early_stopped": self.saver.stopped_epoch is not None, "resumed_after_epochs": plan.done_before or None,
+            **({"learning_rate_found_by": lr_finder.FOUND_BY} if self.found_lr is not None else {}),
         }
 
 

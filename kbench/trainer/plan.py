@@ -32,6 +32,8 @@ class PhasePlan:
             accumulators) the phase continues from.
         skip: batches of the phase's next epoch finished before (a position
             checkpoint): that epoch is finished first, with its remaining batches.
+        found_lr: the learning rate the LR finder found for a ``learning_rate: auto``
+            phase before the checkpoint (reused, not swept again).
     """
 
     index: int
@@ -41,6 +43,7 @@ class PhasePlan:
     done_before: int = 0
     resume_ckpt: str | None = None
     skip: int = 0
+    found_lr: float | None = None
 
 
 def phase_epochs(phases: list[Phase], max_epochs: int | None, fast_dev_run: bool) -> list[int]:
