@@ -360,14 +360,14 @@ def check_recipe(cfg: RunConfig) -> None:
         _fail(str(e))
 
 
-def parse(argv: list[str] | None = None) -> RunConfig:
-    """Parse ``argv`` into a :class:`RunConfig`.
+def parse(argv: list[str] | None = None, prog: str = "python -m kbench.run") -> RunConfig:
+    """Parse ``argv`` into a :class:`RunConfig` (``prog``: the command named in ``--help``).
 
     On bad input (unknown key, wrong type, value not among the allowed ones, a bad
     recipe or phase list, missing config file) prints one message naming the key and
     exits with status 2.
     """
-    p = build_parser()
+    p = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
     resume = _resume_arg(argv)
     run_dir = resume_run_dir(resume) if resume else None

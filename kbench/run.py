@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from typing import Callable
 
 from rich.console import Console
 
@@ -22,17 +23,30 @@ console = Console() if Console().is_terminal else Console(width=120)
 
 def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     """Set up the process, build DataModule, TransferModel, Recipe and Trainer from
-    ``cfg`` and fit (resuming from ``cfg.resume`` when set).
-
-    Order: :func:`~kbench.trainer.setup_process` first (dtype policy, backend
-    environment, seeds: they shape every model built after it), then the checks
-    that need no data (weights file, recipe, trainer settings, input size, run
-    folder), then the data, the model, and ``fit``.
+    ``cfg`` (:func:`build_parts`) and fit (resuming from ``cfg.resume`` when set).
 
     Args:
         callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
 
     Returns the results dict (also written to ``results.json``).
+
+    Raises:
+        KbenchError: a user error (see the module docstring).
+    """
+    trainer, dm, model, recipe = build_parts(cfg, callbacks, before_data=lambda _recipe: _check_resume_or_root(cfg))
+    if not cfg.resume:
+        trainer.make_run_dir()
+    return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
+
+
+def build_parts(cfg: RunConfig, callbacks: list | None = None, before_data: Callable | None = None) -> tuple:
+    """Set up the process and build ``(trainer, datamodule, model, recipe)`` from ``cfg``
+    (the data read and split, the model built with the data's classes).
+
+    Order: :func:`~kbench.trainer.setup_process` first (dtype policy, backend
+    environment, seeds: they shape every model built after it), then the checks
+    that need no data (weights file, recipe, trainer settings, input size, then
+    ``before_data(recipe)``, e.g. the run folder), then the data and the model.
 
     Raises:
         KbenchError: a user error (see the module docstring).
@@ -48,13 +62,12 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     dm = DataModule(**vars(cfg.data), seed=cfg.trainer.seed, progress=cfg.trainer.enable_progress_bar)
     # cheap checks first: before any data is read or weights downloaded
     spec.input_size(cfg.model.image_size)
-    _check_resume_or_root(cfg)
+    if before_data:
+        before_data(recipe)
     dm.setup()
     model = build_model(**vars(cfg.model), num_classes=dm.num_classes, class_names=dm.class_names)
     check_train_layers(model.base, recipe.phases)  # a bad layer prefix in any phase: before the run folder
-    if not cfg.resume:
-        trainer.make_run_dir()
-    return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
+    return trainer, dm, model, recipe
 
 
 def _model_spec_and_recipe(cfg: RunConfig):

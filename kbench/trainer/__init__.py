@@ -2,7 +2,7 @@
 ``keras.Model.fit`` (:mod:`~kbench.trainer.trainer`, one phase in
 :mod:`~kbench.trainer.phase`), the phase plan (:mod:`~kbench.trainer.plan`) and run
 state (:mod:`~kbench.trainer.state`) as data,
-its callbacks, checkpoints and exact resume, best-epoch tracking (keras-free
+its callbacks, checkpoints and exact resume, the LR finder (:mod:`~kbench.trainer.lr_finder`), best-epoch tracking (keras-free
 :mod:`~kbench.trainer.best`), the frozen-prefix feature cache, evaluation and the run
 folder's results, and weight averaging (EMA, SWA: :mod:`~kbench.trainer.averaging`).
 
@@ -22,6 +22,7 @@ _EXPORTS = {
     **dict.fromkeys(["Averaging", "recalibrate_bn"], "kbench.trainer.averaging"),
     "Evaluator": "kbench.trainer.evaluate",
     "FeatureCache": "kbench.trainer.cache",
+    **dict.fromkeys(["LRFindResult", "lr_find"], "kbench.trainer.lr_finder"),
     **dict.fromkeys(["Recipe", "make_optimizer"], "kbench.recipes"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,8 @@ A checkpoint is a folder ``<run_dir>/checkpoints/<tag>/`` holding
 * ``swa.npz``: the SWA running average (:mod:`kbench.trainer.averaging`), once SWA
   has averaged an epoch (other named array files can be added the same way);
 * ``state.json``: trainer state (format version, phase, epoch, global step,
-  trainable layers, learning rate, monitored metric and best value so far,
+  trainable layers, learning rate (and ``learning_rate_found``, the LR finder's
+  value of a ``learning_rate: auto`` phase, else null), monitored metric and best value so far,
   metric history, per-phase timings, class names, preprocessing mode; with EMA
   ``ema_in_model``: ``model.npz`` holds the averaged weights and the optimizer's
   average slots the trained ones, as at an epoch end; with SWA ``swa``: the epochs

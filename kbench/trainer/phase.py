@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from kbench import KbenchError, backend
+from kbench import backend
 from kbench.data import BatchSequence
 from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, first_trainable_index, snapshot_frozen
 from kbench.recipes.freezing import training_bn_layers
 from kbench.recipes.layerwise import describe, layer_multipliers, variable_multiplier
-from kbench.recipes.phases import AUTO_LR
 from kbench.recipes.schedules import phase_learning_rate
-from kbench.trainer import checkpoint
+from kbench.trainer import checkpoint, lr_finder
 from kbench.trainer.averaging import Averaging
 from kbench.trainer.callbacks import LearningRateTrace, MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
 from kbench.trainer.plan import PhasePlan
@@ -68,13 +67,15 @@ class PhaseRun:
         self.multipliers: dict[str, float] = {}  # layer-wise multipliers of trainable layers
         if run.averaging is None:  # a phase run outside Trainer.fit: EMA as the recipe says, no SWA
             run.averaging = Averaging(run.recipe, [])
+        self.train_seq = None  # the phase's training batches, once :meth:`data` made them
+        self.found_lr: float | None = plan.found_lr  # learning_rate: auto: the LR finder's suggestion
 
     def execute(self) -> dict:
         """Run the phase; returns its row for ``results.json`` ``phases``."""
-        e2e, counts = self._apply()
+        e2e, counts = self.apply()
         before = snapshot_frozen(e2e)
         t0, cache_s = time.perf_counter(), self.run.cache.seconds
-        train_seq, val_seq = self._data(e2e)
+        train_seq, val_seq = self.data(e2e)
         self._compile()
         callbacks = self._callbacks(train_seq)
         t_fit = time.perf_counter()
@@ -97,16 +98,19 @@ class PhaseRun:
         """``(net, train, val)`` as the phase trains them, without training: what it sets
         trainable, the model ``fit`` trains (on the cache cut or end to end) and its data
         (used after the fit, e.g. for SWA's BatchNormalization pass)."""
-        train, val = self._data(self._configure())
+        train, val = self.data(self._configure())
         return self.net, train, val
 
-    def _apply(self) -> tuple[keras.Model, tuple[int, int]]:
+    def apply(self) -> tuple[keras.Model, tuple[int, int]]:
         """Set what trains; returns the end-to-end model and (trainable, frozen) counts."""
         phase, plan = self.plan.phase, self.plan
+        lr = phase.learning_rate
+        lr_text = (f"{lr:g}" if not isinstance(lr, str) else "auto (LR finder)" if self.found_lr is None
+                   else f"{self.found_lr:g} (auto, found before the interruption)")
         e2e = self._configure()
         trainable, frozen = count_params(e2e)
         self.tools.log(f"[bold cyan]phase {phase.name}[/]: {plan.epochs} epoch(s) at learning rate "
-                       f"{phase.learning_rate}, schedule {phase.schedule}"
+                       f"{lr_text}, schedule {phase.schedule}"
                        + (f" (warm-up {plan.warmup} of {plan.updates} updates)" if plan.warmup else "")
                        + f"; trainable params {trainable:,}, non-trainable {frozen:,}"
                        + (f"; frozen-prefix cache at {plan.cut!r}" if plan.cut else "")
@@ -114,9 +118,10 @@ class PhaseRun:
         self.state.phase_index, self.state.net = plan.index, None
         return e2e, (trainable, frozen)
 
-    def _data(self, e2e: keras.Model) -> tuple:
+    def data(self, e2e: keras.Model) -> tuple:
         """Training and validation sequences (validation None without a val split);
-        sets :attr:`net`, the model ``fit`` trains (the suffix above the cut, or ``e2e``)."""
+        sets :attr:`net`, the model ``fit`` trains (the suffix above the cut, or ``e2e``),
+        and :attr:`train_seq`."""
         run, cut, limit = self.run, self.plan.cut, self.tools.limit
         dm = run.datamodule
         if cut:
@@ -132,6 +137,7 @@ class PhaseRun:
             train = dm.loader("train", run.model.image_size, shuffle=True, limit_batches=limit("train"))
             val = dm.loader("val", run.model.image_size, limit_batches=limit("val")) if len(dm.val) else None
         train.epoch = self.entry_epoch
+        self.train_seq = train
         return train, val
 
     def _compile(self) -> None:
@@ -154,15 +160,18 @@ class PhaseRun:
         self.state.net = self.net
 
     def phase_learning_rate(self) -> float:
-        """The phase's (peak) learning rate.
-
-        Raises:
-            KbenchError: ``learning_rate: auto`` without the LR finder.
-        """
+        """The phase's learning rate: ``phase.learning_rate`` when it is a number; for
+        ``learning_rate: auto`` the LR finder's suggestion, found once per phase
+        (:func:`kbench.trainer.lr_finder.auto_learning_rate` on :attr:`net` and
+        :attr:`train_seq`, so after :meth:`data` and before the optimizer is compiled;
+        every model variable is as before afterwards) or, on resume, the value the
+        checkpoint recorded (``learning_rate_found`` in its state)."""
         lr = self.plan.phase.learning_rate
-        if lr == AUTO_LR:
-            raise KbenchError(f"phase {self.plan.phase.name!r}: learning_rate auto needs the LR finder")
-        return float(lr)
+        if not isinstance(lr, str):
+            return lr
+        if self.found_lr is None:
+            self.found_lr = lr_finder.auto_learning_rate(self)
+        return self.found_lr
 
     def _multiplier(self):
         """``variable -> learning-rate multiplier`` of the phase's ``layer_decay`` / ``lr_mult``
@@ -247,7 +256,7 @@ class PhaseRun:
         s, m, plan, trainer = self.state, self.run.model, self.plan, self.trainer
         return {"phase_index": plan.index, "phase": plan.phase.name, "phase_epochs_done": done,
                 "phase_epochs": plan.epochs, "phase_done": phase_done, "epoch": s.epoch, "step": s.step,
-                "learning_rate": current_lr(self.net),
+                "learning_rate": current_lr(self.net), "learning_rate_found": self.found_lr,
                 "trainable_layers": [la.name for la in m.base.layers if la.trainable],
                 "history": s.history + self.logger.rows, "phases": s.phases, "tracker": s.tracker.to_dict(),
                 "class_names": m.class_names, "preprocess": m.preprocess.mode, "backbone": m.spec.name,
@@ -270,6 +279,7 @@ class PhaseRun:
             "step_time_ms_p95": float(np.percentile(steps, 95) * 1e3) if steps else None,
             "optimizer_iterations": int(keras.ops.convert_to_numpy(self.net.optimizer.iterations)),
             "early_stopped": self.saver.stopped_epoch is not None, "resumed_after_epochs": plan.done_before or None,
+            **({"learning_rate_found_by": lr_finder.FOUND_BY} if self.found_lr is not None else {}),
         }
 
 

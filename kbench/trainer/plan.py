@@ -35,6 +35,8 @@ class PhasePlan:
             checkpoint): that epoch is finished first, with its remaining batches.
         updates, warmup: optimizer updates of the whole phase and of its warm-up
             (:func:`~kbench.recipes.policy.schedule_updates`); the schedule spans them.
+        found_lr: the learning rate the LR finder found for a ``learning_rate: auto``
+            phase before the checkpoint (reused, not swept again).
     """
 
     index: int
@@ -46,6 +48,7 @@ class PhasePlan:
     skip: int = 0
     updates: int = 0
     warmup: int = 0
+    found_lr: float | None = None
 
 
 def phase_epochs(phases: list[Phase], max_epochs: int | None, fast_dev_run: bool) -> list[int]:

@@ -88,12 +88,14 @@ class ResumePoint:
 
     def plan_fields(self, index: int) -> dict:
         """:class:`~kbench.trainer.plan.PhasePlan` fields for phase ``index``: where the checkpoint's phase
-        picks up (epochs done, the checkpoint, batches of the next epoch done)."""
+        picks up (epochs done, the checkpoint, batches of the next epoch done, the LR finder's
+        learning rate of a ``learning_rate: auto`` phase)."""
         if index != self.saved["phase_index"]:
             return {}
         done, skip = self.saved["phase_epochs_done"], self.saved.get("batches_done", 0)
         ckpt = self.ckpt if done or skip else None
-        return {"done_before": done, "resume_ckpt": ckpt, "skip": skip if ckpt else 0}
+        return {"done_before": done, "resume_ckpt": ckpt, "skip": skip if ckpt else 0,
+                "found_lr": self.saved.get("learning_rate_found")}
 
     def where(self) -> str:
         """``"after epoch E"`` or ``"in epoch E after batch B"`` (for the log)."""
