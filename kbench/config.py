@@ -340,6 +340,15 @@ def error_message(error: ArgumentError) -> str:
         given = re.search(r"Given value: (.*)", msg)
         return ("recipe.phases must be a list of phases such as [{name: head, epochs: 3, learning_rate: 1e-3, "
                 f"train: none}}] (or null for the recipe.name preset); got {given.group(1) if given else 'another type'}")
+    union = re.match(r'Parser key "([\w.]+)":\s+Does not validate against any of the Union subtypes', msg)
+    if union:  # an Optional[...] key: the first subtype's complaint and the value, on one line
+        first = re.search(r"Errors:\s+- (.*?)(?:\. Got value: .*)?\n", msg)
+        given = re.search(r"Given value: (.*)", msg)
+        want = first.group(1) if first else "another type"
+        out = (f"{union.group(1)}: {want[0].lower() + want[1:]} or null, got "
+               f"{given.group(1) if given else 'another type'}")
+        out = re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", out)
+        return out.replace("a <class 'float'>", "a number").replace("a <class 'int'>", "an integer")
     return re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", explain(msg))
 
 

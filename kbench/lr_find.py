@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"phase {name}: {len(result.lrs)} of {result.steps} steps"
                   + (" (stopped early: the loss diverged)" if result.diverged else "")
                   + f"; steepest descent at {result.steepest:.3g}; wrote {files} in {where}")
+    if result.png_path is None:
+        console.print("[yellow]no lr_find.png: matplotlib is not installed (pip install matplotlib, or the "
+                      "kbench[report] extra)")
     console.print(f"suggested learning rate {result.suggestion:.3g} (rule: {result.rule}, {result.source})",
                   soft_wrap=True)
     return 0

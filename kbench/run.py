@@ -53,7 +53,6 @@ def build_parts(cfg: RunConfig, callbacks: list | None = None, before_data: Call
     """
     from kbench.data import DataModule
     from kbench.models import build_model
-    from kbench.recipes import check_train_layers
     from kbench.trainer import setup_process
 
     setup_process(cfg.trainer.precision, cfg.trainer.seed, cfg.trainer.deterministic)
@@ -66,7 +65,7 @@ def build_parts(cfg: RunConfig, callbacks: list | None = None, before_data: Call
         before_data(recipe)
     dm.setup()
     model = build_model(**vars(cfg.model), num_classes=dm.num_classes, class_names=dm.class_names)
-    check_train_layers(model.base, recipe.phases)  # a bad layer prefix in any phase: before the run folder
+    trainer.check_recipe(model, dm, recipe)  # bad layer prefixes, warm-ups: before the run folder
     return trainer, dm, model, recipe
 
 

@@ -232,7 +232,7 @@ def test_phases_refuse_preset_keys_and_preset_names(capsys, extra, match):
     ({"layer_decay": -0.5}, "phase 2 of recipe.phases ('top'): layer_decay must be a number in (0, 1]"),
     ({"schedule": "cosin"}, "phase 2 of recipe.phases ('top'): schedule 'cosin' is not known; choose one of: "
                             "constant, cosine, step, one_cycle"),
-    ({"warmup_epochs": 3}, "warmup_epochs=3 is longer than the phase (2 epoch(s)); use at most 2"),
+    ({"warmup_epochs": 3}, "warmup_epochs=3 is not shorter than the phase (2 epoch(s)); use less than 2"),
     ({"warmup_steps": 5, "warmup_epochs": 1}, "give warmup_steps (5) or warmup_epochs (1), not both"),
     ({"final_lr_fraction": 2}, "final_lr_fraction must be a number in [0, 1]"),
     ({"lr_mult": {"block5": -1}}, "lr_mult['block5'] must be a number >= 0"),
@@ -284,7 +284,7 @@ def test_bad_preset_values_name_the_key(capsys, extra, match):
     (["--recipe.clip_norm", "-1"], "recipe.clip_norm must be a number > 0"),
     (["--recipe.swa_epochs", "-2"], "recipe.swa_epochs must be an integer >= 0"),
     (["--recipe.layer_decay", "-0.7"], "recipe: layer_decay must be a number in (0, 1]"),
-    (["--recipe.warmup_epochs", "9"], "phase 'feature_extraction': warmup_epochs=9.0 is longer than the phase (6 epoch(s))"),
+    (["--recipe.warmup_epochs", "9"], "phase 'feature_extraction': warmup_epochs=9.0 is not shorter than the phase (6 epoch(s))"),
     (["--recipe.lr_find_steps", "2"], "recipe.lr_find_steps must be an integer >= 5, got 2"),
 ])
 def test_bad_toolkit_values_are_one_message_before_any_data(capsys, args, match):

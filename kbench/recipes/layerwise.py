@@ -13,6 +13,7 @@ at the full rate, each block down one more factor d).
 
 from __future__ import annotations
 
+from kbench import KbenchError
 from kbench.recipes.phases import Phase
 from kbench.recipes.policy import block_prefix
 
@@ -59,6 +60,22 @@ def layer_multipliers(base_names: list[str], head_names: list[str], phase: Phase
     return out
 
 
+def check_lr_mult(base_names: list[str], head_names: list[str], phases: list[Phase], backbone: str = "backbone") -> None:
+    """Refuse an ``lr_mult`` prefix that names no layer (a typo would silently train at
+    the full rate).
+
+    Raises:
+        KbenchError: names the phase, the prefix and some valid block prefixes.
+    """
+    names = [*base_names, *head_names]
+    for p in phases:
+        for prefix, _ in p.lr_mult:
+            if not any(n.startswith(prefix) for n in names):
+                blocks = sorted({n.split("_")[0] for n in base_names[1:]})[:12]
+                raise KbenchError(f"phase {p.name!r}: lr_mult prefix {prefix!r} matches no layer of {backbone!r} or "
+                                  f"its head; use a layer-name prefix, e.g. one of {', '.join(blocks)}")
+
+
 def variable_multiplier(layers, multipliers: dict[str, float]):
     """A function ``variable -> multiplier`` over the variables of ``layers`` (keras
     layers whose names key ``multipliers``); other variables get 1."""
@@ -78,4 +95,4 @@ def describe(multipliers: dict[str, float]) -> str:
     return ", ".join(f"{a}..{b} x{m:.3g}" if a != b else f"{a} x{m:.3g}" for a, b, m in runs if m != 1.0) or "none"
 
 
-__all__ = ["block_depths", "block_starts", "describe", "layer_multipliers", "variable_multiplier"]
+__all__ = ["block_depths", "block_starts", "check_lr_mult", "describe", "layer_multipliers", "variable_multiplier"]

@@ -87,9 +87,9 @@ def check_phase_policy(row: dict, at: str, epochs: int | None = None) -> None:
         raise KbenchError(f"{at}: warmup_epochs must be a number >= 0, got {we!r}")
     if ws and we:
         raise KbenchError(f"{at}: give warmup_steps ({ws}) or warmup_epochs ({we}), not both")
-    if we and epochs is not None and we > epochs:
-        raise KbenchError(f"{at}: warmup_epochs={we} is longer than the phase ({epochs} epoch(s)); use at most "
-                          f"{epochs}")
+    if we and epochs and we >= epochs:
+        raise KbenchError(f"{at}: warmup_epochs={we} is not shorter than the phase ({epochs} epoch(s)); use less "
+                          f"than {epochs}")
     f = row.get("final_lr_fraction")
     if f is not None and (not _is_number(f) or not 0 <= f <= 1):
         raise KbenchError(f"{at}: final_lr_fraction must be a number in [0, 1] (the last learning rate as a "
@@ -250,8 +250,10 @@ def block_prefix(top_block: str, k: int) -> str:
     """
     m = _NUMBERED.match(top_block)
     if k < 1 or not m or int(m.group(2)) - (k - 1) < 0:
-        raise ValueError(f"block {k} from the top of {top_block!r} does not exist (blocks are numbered by the "
-                         "top block's trailing number)")
+        top = f"blocks are numbered down from the top block {top_block!r}"
+        raise ValueError(f"blocks:{k} does not exist ({top} to 0, so K is at most {int(m.group(2)) + 1}; "
+                         "use a smaller K, or train: all)" if m and k >= 1 else
+                         f"blocks:{k} does not exist ({top}, which ends in no number; use from:<layer-name prefix>)")
     return f"{m.group(1)}{int(m.group(2)) - (k - 1)}"
 
 

@@ -149,10 +149,12 @@ class PhaseRun:
         self.tools.compile(self.net, self.run.model.from_logits, lr, recipe.optimizer, recipe.weight_decay,
                            recipe.momentum, clip_norm=recipe.clip_norm, accumulate_steps=recipe.accumulate_steps,
                            ema=recipe.ema, multiplier=self._multiplier())
-        if recipe.accumulate_steps > 1:
-            dm = self.run.datamodule
-            self.tools.log(f"  gradient accumulation: {recipe.accumulate_steps} batches per update, effective batch "
-                           f"size {dm.batch_size * recipe.accumulate_steps}")
+        extras = [f"gradient accumulation {recipe.accumulate_steps} (effective batch size "
+                  f"{self.run.datamodule.batch_size * recipe.accumulate_steps})" if recipe.accumulate_steps > 1 else "",
+                  f"global-norm clipping at {recipe.clip_norm:g}" if recipe.clip_norm else "",
+                  f"EMA momentum {recipe.ema:g}" if recipe.ema else ""]
+        if any(extras):
+            self.tools.log("  optimizer: " + ", ".join(e for e in extras if e))
         if plan.resume_ckpt:
             saved = checkpoint.load_state(plan.resume_ckpt)
             checkpoint.restore_optimizer(plan.resume_ckpt, self.net, saved)

@@ -78,6 +78,18 @@ def cut_for(run: FitRun, phase: Phase) -> str | None:
     return cut
 
 
+def check_schedules(recipe, train_batches: int, max_epochs: int | None, fast_dev_run: bool) -> None:
+    """Refuse, before anything is written, a warm-up that is not shorter than its phase
+    (the phase's updates need the training batches per epoch, known once the data are set up).
+
+    Raises:
+        KbenchError: names the phase and both counts.
+    """
+    for phase, n in zip(recipe.phases, phase_epochs(recipe.phases, max_epochs, fast_dev_run)):
+        if n:
+            schedule_updates(phase, train_batches, n, recipe.accumulate_steps)
+
+
 def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,
                 fast_dev_run: bool, train_batches: int = 1) -> list[PhasePlan]:
     """One :class:`PhasePlan` per phase of ``run.recipe`` (a phase with 0 epochs gets
@@ -99,4 +111,4 @@ def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,
     return plans
 
 
-__all__ = ["PhasePlan", "cut_for", "phase_epochs", "plan_phases"]
+__all__ = ["PhasePlan", "check_schedules", "cut_for", "phase_epochs", "plan_phases"]

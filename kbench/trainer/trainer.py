@@ -36,6 +36,7 @@ from kbench.data import DataModule
 from kbench.data.batches import count_batches
 from kbench.models import TransferModel
 from kbench.recipes import Recipe, check_train_layers
+from kbench.recipes.layerwise import check_lr_mult
 from kbench.trainer import checkpoint
 from kbench.trainer.averaging import Averaging
 from kbench.trainer.best import BestTracker
@@ -44,7 +45,7 @@ from kbench.trainer.callbacks import NonFiniteLoss, TrainingInterrupted
 from kbench.trainer.evaluate import Evaluator
 from kbench.trainer.loop import LoopTools
 from kbench.trainer.phase import PhaseRun
-from kbench.trainer.plan import PhasePlan, plan_phases
+from kbench.trainer.plan import PhasePlan, check_schedules, plan_phases
 from kbench.trainer.results import make_run_dir, summary_table, write_results
 from kbench.trainer.resume import find_resume_point, on_interrupt, on_non_finite, restore_best, restore_run
 from kbench.trainer.setup import check_precision, setup_process
@@ -171,7 +172,7 @@ class Trainer:
         """
         t_start = time.perf_counter()
         datamodule.setup()
-        check_train_layers(model.base, recipe.phases)  # every phase's layers exist, before any trains
+        self.check_recipe(model, datamodule, recipe)  # every phase's layers and warm-up, before any trains
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
         plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run,
@@ -189,6 +190,20 @@ class Trainer:
             except NonFiniteLoss as e:
                 on_non_finite(e, self.state, run.run_dir)
         return self._finish(run, outcome, resume, time.perf_counter() - t_start)
+
+    def check_recipe(self, model: TransferModel, datamodule: DataModule, recipe: Recipe) -> None:
+        """What can only be checked with the model and the data set up, before anything is
+        written: every phase's ``train`` layers and ``lr_mult`` prefixes exist, and every
+        warm-up is shorter than its phase under this trainer's epoch and batch limits.
+
+        Raises:
+            KbenchError: names the phase and the bad value.
+        """
+        check_train_layers(model.base, recipe.phases)
+        check_lr_mult([la.name for la in model.base.layers], [la.name for la in model.head], recipe.phases,
+                      model.spec.name)
+        check_schedules(recipe, count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")),
+                        self.max_epochs, self.fast_dev_run)
 
     def _start(self, model: TransferModel, datamodule: DataModule, recipe: Recipe, config: dict | None,
                resume: ResumePoint | None) -> FitRun:

@@ -92,7 +92,7 @@ def test_blocks_deeper_than_the_backbone_fail_before_training(vgg):
     rows = [{"name": "deep", "epochs": 1, "learning_rate": 1e-4, "train": "blocks:6"}]
     with pytest.raises(KbenchError, match=r"^phase 'deep': train 'from:block0' \(= blocks:6\) is deeper"):
         check_train_layers(vgg.base, resolve_phases(phase_configs(rows), "block5"))
-    with pytest.raises(KbenchError, match=r"phase 'deep': train block 7 from the top of 'block5' does not exist"):
+    with pytest.raises(KbenchError, match=r"phase 'deep': train blocks:7 does not exist \(blocks are numbered down from the top block 'block5' to 0"):
         resolve_phases(phase_configs([{**rows[0], "train": "blocks:7"}]), "block5")
     with pytest.raises(KbenchError, match="^phase 'x': layer-name prefix 'blok3' matches no layer"):
         check_train_layers(vgg.base, [Phase("x", 1, 1e-4, "from:blok3", top_block="block5")])

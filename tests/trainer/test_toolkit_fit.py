@@ -94,3 +94,24 @@ def test_ctrl_c_mid_schedule_then_exact_resume(cifar_dir, tmp_path, clean):
     for a, b in zip([keras.ops.convert_to_numpy(v.value) for v in tm.keras_model.weights], w_clean):
         np.testing.assert_array_equal(a, b)
     assert (res["test_loss"], res["test_accuracy"]) == (res_clean["test_loss"], res_clean["test_accuracy"])
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--recipe.warmup_steps", "1000"], "phase 'feature_extraction': the warm-up (1000 optimizer updates) is not "
+                                        "shorter than the phase (3 updates: 1 epoch(s) x 3 batches)"),
+    (["--recipe.lr_mult", "{blok5: 0.5}"], "phase 'feature_extraction': lr_mult prefix 'blok5' matches no layer of "
+                                           "'mobilenetv3small' or its head"),
+])
+def test_data_dependent_mistakes_stop_before_the_run_folder(cifar_dir, tmp_path, capsys, extra, match):
+    """A warm-up longer than its phase in steps, an lr_mult prefix that names no layer: one message, exit 2,
+    after the data are read but before a run folder is written."""
+    from kbench.run import main
+
+    code = main(["--model.backbone", "mobilenetv3small", "--model.image_size", "32", "--model.weights", "none",
+                 "--data.source", "folder", "--data.root", str(cifar_dir), "--data.batch_size", "32",
+                 "--recipe.epochs", "1", "--recipe.fine_tune_epochs", "1", "--trainer.limit_train_batches", "3",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
+                 *extra])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 2 and match in out and "Traceback" not in out, out
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
