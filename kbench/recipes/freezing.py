@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from kbench import KbenchError
+from kbench.recipes.layerwise import block_starts
 from kbench.recipes.phases import Phase
 from kbench.recipes.policy import block_prefix
 
@@ -73,15 +74,7 @@ def check_train_layers(base: keras.Model, phases: list[Phase]) -> list[int]:
 def numbered_blocks(base: keras.Model, top_block: str) -> int:
     """How many numbered blocks ``base`` has from ``top_block`` down: the largest ``K``
     such that ``train: blocks:1`` ... ``blocks:K`` all name layers (0 if none does)."""
-    names, k = [layer.name for layer in base.layers], 0
-    while True:
-        try:
-            prefix = block_prefix(top_block, k + 1)
-        except ValueError:
-            return k
-        if not any(n.startswith(prefix) for n in names):
-            return k
-        k += 1
+    return len(block_starts([layer.name for layer in base.layers], top_block))
 
 
 def _too_deep(base: keras.Model, phase: Phase) -> str | None:
