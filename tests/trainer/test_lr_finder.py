@@ -169,6 +169,7 @@ def _metrics(run_dir):
         return [{k: r[k] for k in ("epoch", "step", "loss", "val_loss", "learning_rate")} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # ~100 s torch, ~180 s jax: passed on all three backends in CI before it was marked slow (2026-12-05)
 def test_auto_learning_rate_is_found_recorded_and_reused_on_resume(cifar_dir, tmp_path):
     config = tmp_path / "auto.yaml"
     config.write_text(AUTO)
