@@ -160,3 +160,14 @@ def test_csv_is_always_on():
 
     assert check_loggers(None) == check_loggers([]) == check_loggers(["csv"]) == ("csv",)
     assert check_loggers(["tensorboard"]) == ("csv", "tensorboard")
+
+
+def test_missing_tracker_package_names_its_extra(monkeypatch):
+    import importlib.util
+
+    from kbench.trainer import tracking
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(KbenchError, match=r'mlflow needs the mlflow package.*pip install "kbench\[mlflow\]"'):
+        tracking.check_loggers(["csv", "tensorboard", "mlflow"])
