@@ -122,6 +122,7 @@ def test_mlflow_local_store_in_process(cifar_dir, tmp_path, monkeypatch):
     assert not (run_dir / "tensorboard").exists()
 
 
+@pytest.mark.slow  # two kbench.run processes: ~100 s on jax/tensorflow on the shared 2-core machine
 def test_ctrl_c_then_resume_continues_both_trackers(cifar_dir, tmp_path):
     """SIGINT in epoch 2 (phase fine_tune): the MLflow run is marked KILLED, --resume continues it,
     and TensorBoard shows every step once, equal to the resumed run's lr.csv."""
