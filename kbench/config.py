@@ -19,7 +19,7 @@ import difflib
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
@@ -32,6 +32,7 @@ from kbench.recipes.phases import CACHE_MODES, build_recipe, phase_configs
 from kbench.recipes.policy import BN_MODES, PHASE_POLICY, RECIPE_POLICY, SCHEDULES
 from kbench.recipes.presets import PRESETS
 from kbench.trainer.best import MONITORS
+from kbench.trainer.tracking import LOGGERS
 
 # The allowed values of each key, derived from its registry (keras-free modules), so that
 # adding a backbone, source, head, preset, optimizer or monitor touches only its registry.
@@ -47,12 +48,13 @@ ScheduleName = Literal[tuple(SCHEDULES)]
 BnMode = Literal[tuple(BN_MODES)]
 PrecisionName = Literal[tuple(PRECISIONS)]
 MonitorName = Literal[tuple(MONITORS)]
+LoggerName = Literal[tuple(LOGGERS)]
 # Which config key takes its values from which registry (tests/test_config.py checks them).
 CHOICES = {"model.backbone": BackboneName, "data.source": SourceName, "data.interpolation": InterpolationName,
            "model.head": HeadName, "model.preprocess": PreprocessName, "recipe.name": RecipeName,
            "recipe.optimizer": OptimizerName, "recipe.cache": CacheMode,
            "recipe.schedule": ScheduleName, "recipe.bn": BnMode, "trainer.precision": PrecisionName,
-           "trainer.monitor": MonitorName}
+           "trainer.monitor": MonitorName, "trainer.loggers": LoggerName}
 
 
 @dataclass
@@ -210,6 +212,7 @@ class TrainerConfig:
         early_stopping_patience: end a phase after this many epochs without a better monitor value (null = never).
         checkpoint_every_n_steps: also checkpoint every N optimizer steps inside an epoch (null = only after each
             epoch and at Ctrl-C); --resume from one continues exactly at that step.
+        loggers: experiment trackers (csv is always on; see kbench.trainer.tracking).
     """
 
     max_epochs: Optional[int] = None
@@ -231,6 +234,7 @@ class TrainerConfig:
     save_top_k: int = 1
     early_stopping_patience: Optional[int] = None
     checkpoint_every_n_steps: Optional[int] = None
+    loggers: list[LoggerName] = field(default_factory=lambda: ["csv"])
 
 
 @dataclass
@@ -284,7 +288,7 @@ def explain(message: str) -> str:
 
 # Keys that may differ between a run and its --resume (they do not change results).
 RESUME_MAY_DIFFER = {"trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.name",
-                     "trainer.inference_batches", "trainer.checkpoint_every_n_steps"}
+                     "trainer.inference_batches", "trainer.checkpoint_every_n_steps", "trainer.loggers"}
 
 
 def _fail(msg: str, prog: str = "python -m kbench.run"):

@@ -109,11 +109,13 @@ def test_config_choices_are_the_registries():
     from kbench.recipes import CACHE_MODES, OPTIMIZERS, PRESETS
     from kbench.recipes.policy import BN_MODES, SCHEDULES
     from kbench.trainer.best import MONITORS
+    from kbench.trainer.tracking import LOGGERS
 
     registries = {"model.backbone": tuple(BACKBONES), "data.source": tuple(SOURCES), "data.interpolation": tuple(INTERPOLATIONS),
                   "model.head": tuple(HEADS), "model.preprocess": ("auto", *PREPROCESS_MODES), "recipe.name": tuple(PRESETS),
                   "recipe.optimizer": tuple(OPTIMIZERS), "recipe.cache": CACHE_MODES, "trainer.precision": PRECISIONS,
-                  "trainer.monitor": MONITORS, "recipe.schedule": SCHEDULES, "recipe.bn": BN_MODES}
+                  "trainer.monitor": MONITORS, "recipe.schedule": SCHEDULES, "recipe.bn": BN_MODES,
+                  "trainer.loggers": LOGGERS}
 
     def literal(tp):
         if typing.get_origin(tp) is typing.Literal:

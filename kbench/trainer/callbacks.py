@@ -226,6 +226,7 @@ class LearningRateTrace(keras.callbacks.Callback):
         super().__init__()
         self.path, self.phase, self.meter = path, phase, meter
         self.epoch, self.iteration, self._file = 0, 0, None
+        self.last_lr: float | None = None
 
     def on_train_begin(self, logs=None):
         opt = self.model.optimizer
@@ -246,6 +247,7 @@ class LearningRateTrace(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         lr = self.constant if self.schedule is None else float(keras.ops.convert_to_numpy(self.schedule(self.iteration)))
         self._writer.writerow([self.phase, self.epoch, self.meter.global_step, self.iteration // self.accumulate, lr])
+        self.last_lr = lr  # the row's learning rate, for the experiment trackers
         self._file.flush()
         self.iteration += 1
 

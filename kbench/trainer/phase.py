@@ -190,7 +190,7 @@ class PhaseRun:
     def _callbacks(self, train_seq) -> list:
         """Throughput meter, metrics logger, weight averaging's callbacks around the epoch
         checkpoint (:meth:`~kbench.trainer.averaging.Averaging.callbacks`), step checkpoint,
-        step limit, progress bar and guard, then the trainer's extra callbacks (in that order)."""
+        step limit, experiment trackers, progress bar and guard, then the trainer's extra callbacks (in that order)."""
         trainer, model, avg = self.trainer, self.run.model, self.run.averaging
         self.meter = ThroughputMeter(train_seq.batch_sizes(), global_step=self.state.step)
         self.logger = MetricsLogger(self.run.csv_path, self.plan.phase.name, self.meter)
@@ -202,8 +202,9 @@ class PhaseRun:
                                                  arrays=avg.arrays)
         trace = LearningRateTrace(self.run.lr_trace_path, self.plan.phase.name, self.meter)
         before, after = avg.callbacks(self.plan, self.start_epoch, model.keras_model)
+        tracking = self.run.tracking.callbacks(self.meter, self.logger, trace) if self.run.tracking else []
         return [self.meter, self.logger, trace, *before, self.saver, *after, self.stepper,
-                MaxStepsStopper(self.meter, trainer.max_steps), *self.tools.callbacks(self.plan.phase.name),
+                MaxStepsStopper(self.meter, trainer.max_steps), *tracking, *self.tools.callbacks(self.plan.phase.name),
                 *trainer.callbacks]
 
     def _fit(self, train_seq, val_seq, callbacks: list) -> None:

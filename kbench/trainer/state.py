@@ -114,6 +114,7 @@ class FitRun:
         cache: the frozen-prefix :class:`~kbench.trainer.cache.FeatureCache`.
         averaging: the fit's :class:`~kbench.trainer.averaging.Averaging` (EMA, SWA),
             set once the phases are planned.
+        tracking: the fit's :class:`~kbench.trainer.loggers.Tracking` (None outside ``Trainer.fit``).
     """
 
     model: TransferModel
@@ -123,6 +124,7 @@ class FitRun:
     e2e: Any
     cache: FeatureCache
     averaging: Any = None
+    tracking: Any = None
 
     @property
     def csv_path(self) -> str:

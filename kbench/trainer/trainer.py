@@ -43,6 +43,7 @@ from kbench.trainer.best import BestTracker
 from kbench.trainer.cache import FeatureCache
 from kbench.trainer.callbacks import NonFiniteLoss, TrainingInterrupted
 from kbench.trainer.evaluate import Evaluator
+from kbench.trainer.loggers import Tracking
 from kbench.trainer.loop import LoopTools
 from kbench.trainer.phase import PhaseRun
 from kbench.trainer.plan import PhasePlan, check_schedules, plan_phases
@@ -50,6 +51,7 @@ from kbench.trainer.results import make_run_dir, summary_table, write_results
 from kbench.trainer.resume import find_resume_point, on_interrupt, on_non_finite, restore_best, restore_run
 from kbench.trainer.setup import check_precision, setup_process
 from kbench.trainer.state import FitRun, ResumePoint, TrainerState
+from kbench.trainer.tracking import check_loggers
 
 
 class Trainer:
@@ -85,6 +87,8 @@ class Trainer:
         checkpoint_every_n_steps: also write a position checkpoint every N
             optimizer steps inside an epoch (None = only after each epoch and at
             a signal); resuming from one is exact.
+        loggers: experiment trackers from :data:`~kbench.trainer.tracking.LOGGERS` (``csv``
+            always on; ``tensorboard``, ``mlflow``: see :mod:`kbench.trainer.tracking`).
         callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
         console: where progress and log lines go (default: a new rich Console).
         process_setup: call :func:`~kbench.trainer.setup.setup_process` with
@@ -99,7 +103,8 @@ class Trainer:
         precision: the resolved dtype policy; ``precision_requested``: as given.
 
     Raises:
-        KbenchError: unknown precision or monitor, ``checkpoint_every_n_steps`` < 1.
+        KbenchError: unknown precision, monitor or logger (or a logger's package missing),
+            ``checkpoint_every_n_steps`` < 1.
     """
 
     def __init__(self, max_epochs: int | None = None, max_steps: int = -1,
@@ -109,7 +114,8 @@ class Trainer:
                  deterministic: bool = True, default_root_dir: str = "runs", name: str = "kbench",
                  enable_progress_bar: bool = True, inference_batches: int = 10, enable_checkpointing: bool = True,
                  monitor: str = "val_accuracy", save_top_k: int = 1, early_stopping_patience: int | None = None,
-                 checkpoint_every_n_steps: int | None = None, callbacks: list | None = None,
+                 checkpoint_every_n_steps: int | None = None, loggers: list[str] | None = None,
+                 callbacks: list | None = None,
                  console: Console | None = None, process_setup: bool = True):
         self.precision_requested, self.precision = precision, check_precision(precision)
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
@@ -118,6 +124,7 @@ class Trainer:
         self.max_epochs, self.max_steps, self.fast_dev_run = max_epochs, max_steps, fast_dev_run
         self.checkpoint_every_n_steps, self.seed = checkpoint_every_n_steps, seed
         self.callbacks = list(callbacks or [])
+        self.loggers = check_loggers(loggers)
         self.default_root_dir, self.name, self.enable_checkpointing = default_root_dir, name, enable_checkpointing
         self.tools = LoopTools(console or Console(), {"train": limit_train_batches, "val": limit_val_batches,
                                                       "test": limit_test_batches},
@@ -151,7 +158,8 @@ class Trainer:
         """Train ``model`` with ``recipe``, then test it and write the run folder.
 
         Writes ``config.yaml`` (when ``config`` is given), ``metrics.csv``,
-        ``checkpoints/``, ``results.json`` and ``model.keras`` into :attr:`run_dir`.
+        ``checkpoints/``, ``results.json`` and ``model.keras`` into :attr:`run_dir` (and the
+        experiment trackers' files, see :mod:`kbench.trainer.tracking`).
         The model that is tested and saved is the one from the best epoch by
         ``monitor`` (``results.json`` names it).
 
@@ -175,21 +183,23 @@ class Trainer:
         self.check_recipe(model, datamodule, recipe)  # every phase's layers and warm-up, before any trains
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
+        run.tracking = Tracking(self.loggers, run.run_dir, config, self.state.step if resume else None, self.tools.log)
         plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run,
                             count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")))
         run.averaging = Averaging(recipe, plans, self.tools.log)
         if resume:
             run.averaging.resume(resume.ckpt, resume.saved)
-        with self.tools.guard:
-            try:
-                self._run_phases(run, plans, resume)
-                outcome = self._test(run, plans)
-            except TrainingInterrupted as e:
-                on_interrupt(e, self.state, run, self.enable_checkpointing, self.tools.log)
-                raise
-            except NonFiniteLoss as e:
-                on_non_finite(e, self.state, run.run_dir)
-        return self._finish(run, outcome, resume, time.perf_counter() - t_start)
+        with run.tracking:  # closes the experiment trackers if anything below raises
+            with self.tools.guard:
+                try:
+                    self._run_phases(run, plans, resume)
+                    outcome = self._test(run, plans)
+                except TrainingInterrupted as e:
+                    on_interrupt(e, self.state, run, self.enable_checkpointing, self.tools.log)
+                    raise
+                except NonFiniteLoss as e:
+                    on_non_finite(e, self.state, run.run_dir)
+            return self._finish(run, outcome, resume, time.perf_counter() - t_start)
 
     def check_recipe(self, model: TransferModel, datamodule: DataModule, recipe: Recipe) -> None:
         """What can only be checked with the model and the data set up, before anything is
@@ -287,6 +297,7 @@ class Trainer:
                                             "best_monitor_value": tracker.best_value,
                                             "resumed_from": os.path.basename(resume.ckpt) if resume else None,
                                             **run.averaging.results(outcome["swa"])})
+        run.tracking.finish(self.results, self.state.epoch, [os.path.join(run.run_dir, "results.json"), model_path])
         self.tools.console.print(summary_table(self.results, self.history))
         return self.results
 
