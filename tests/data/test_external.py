@@ -260,3 +260,25 @@ def test_raw_arrays_become_a_datamodule_with_held_out_splits(cifar_arrays):
     assert (len(dm.train), len(dm.val), len(dm.test)) == (30, 10, 10)  # 20 % test, then 10 % (>= 1) val per class
     together = np.concatenate([dm.train.x, dm.val.x, dm.test.x]).reshape(50, -1)
     assert len(np.unique(together, axis=0)) == 50 and sorted(np.bincount(dm.test.y)) == [1] * 10
+
+
+@pytest.mark.parametrize("pipeline", list(PIPELINES))
+def test_pipeline_sequence_order_sizes_and_tail(pipeline):
+    """Batches in the pipeline's order, in any index order keras asks; the served sizes fill
+    batch_sizes(); tail(k) serves batches k.. of a fresh pass (exact for a repeating order)."""
+    x, y = (a[:50] for a in _imbalanced())
+    dm = from_pipelines(PIPELINES[pipeline](x, y, 16), class_names=2).setup()
+    dm.check(4)
+    seq = dm.loader("train", 4)
+    assert len(seq) == 4 and seq.batch_sizes() == [16] * 4 and dm.batch_size == 16
+    for i in (0, 1, 3, 0, 2):
+        xb, yb = seq[i]
+        np.testing.assert_array_equal(xb, x[16 * i:16 * (i + 1)].astype(np.float32))
+        np.testing.assert_array_equal(yb, y[16 * i:16 * (i + 1)])
+        assert xb.dtype == np.float32 and yb.dtype == np.int32
+    assert seq.batch_sizes() == [16, 16, 16, 2]
+    tail = seq.tail(2)
+    assert len(tail) == 2 and tail.batch_sizes() == [16, 2]
+    np.testing.assert_array_equal(tail[1][1], y[48:50])
+    assert len(dm.loader("train", 4, limit_batches=2)) == 2
+    assert len(dm.train) == (50 if pipeline == "torch" else 64)  # a DataLoader's dataset length, else 4 x 16
