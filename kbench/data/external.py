@@ -157,14 +157,20 @@ def data_notes(datamodule) -> list[str]:
     return datamodule.notes() if isinstance(datamodule, PipelineModule) else []
 
 
-def prepare_data(datamodule, image_size: int) -> dict[int, float] | None:
+def prepare_data(datamodule, image_size: int, num_classes: int | None = None) -> dict[int, float] | None:
     """Checks that need the model and the classes, before anything is written: the
-    first batch of every pipeline (:meth:`PipelineModule.check`), and the class
-    weights, which it returns resolved (None without).
+    model's number of classes, the first batch of every pipeline
+    (:meth:`~kbench.data.pipelines.PipelineModule.check`), and the class weights,
+    which it returns resolved (None without).
 
     Raises:
-        KbenchError: a bad batch, a bad ``class_weight`` key or value.
+        KbenchError: a model with another number of classes than the data, a bad
+            batch, a bad ``class_weight`` key or value.
     """
+    if num_classes is not None and num_classes != datamodule.num_classes:
+        raise KbenchError(f"the model has {num_classes} classes but the data has {datamodule.num_classes} "
+                          f"({datamodule.class_names[:10]}); build the model with num_classes=dm.num_classes, "
+                          "class_names=dm.class_names")
     if isinstance(datamodule, PipelineModule):
         datamodule.check(image_size)
     return datamodule.class_weights()

@@ -209,7 +209,7 @@ class Trainer:
         Raises:
             KbenchError: names the phase and the bad value (or the bad data).
         """
-        prepare_data(datamodule, model.image_size)
+        prepare_data(datamodule, model.image_size, model.num_classes)
         check_train_layers(model.base, recipe.phases)
         check_lr_mult([la.name for la in model.base.layers], [la.name for la in model.head], recipe.phases,
                       model.spec.name)

@@ -232,6 +232,8 @@ def test_bad_data_one_clear_error_before_the_run_folder(cifar_arrays, tmp_path):
     xtr, ytr, _, _, names = cifar_arrays
     with pytest.raises(KbenchError, match=r"cannot train on a builtins\.str; pass one of: a kbench DataModule"):
         _fit(tmp_path, "cifar10", names)
+    with pytest.raises(KbenchError, match=r"the model has 10 classes but the data has 2"):
+        _fit(tmp_path, from_pipelines(ArrayPyDataset(xtr, ytr % 2, 8), class_names=2), names)
     with pytest.raises(KbenchError, match=r"class_names must list the class names"):
         from_pipelines(ArrayPyDataset(xtr, ytr, 8))
     bad_y = ytr.copy()
