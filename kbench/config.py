@@ -26,11 +26,13 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from kbench import PRECISIONS, KbenchError
 from kbench.data.sources import INTERPOLATIONS, SOURCES
+from kbench.data.weights import ClassWeight
 from kbench.models.registry import BACKBONES, HEADS, PREPROCESS_MODES
 from kbench.recipes.optimizers import OPTIMIZERS
 from kbench.recipes.phases import CACHE_MODES, build_recipe, phase_configs
 from kbench.recipes.policy import BN_MODES, PHASE_POLICY, RECIPE_POLICY, SCHEDULES
 from kbench.recipes.presets import PRESETS
+from kbench.subproc import arg_value
 from kbench.trainer.best import MONITORS
 from kbench.trainer.tracking import LOGGERS
 
@@ -73,6 +75,7 @@ class DataConfig:
         interpolation: OpenCV resize interpolation.
         augment: random horizontal flips while training (disables the frozen-prefix cache).
         strict: undecodable image files are an error instead of a warning.
+        class_weight: null, balanced or {class: weight}, for the training loss (kbench.data.weights).
     """
 
     source: SourceName = "cifar10"
@@ -85,6 +88,7 @@ class DataConfig:
     interpolation: InterpolationName = "linear"
     augment: bool = False
     strict: bool = False
+    class_weight: ClassWeight = None
 
 
 @dataclass
@@ -296,15 +300,6 @@ def _fail(msg: str, prog: str = "python -m kbench.run"):
     sys.exit(2)
 
 
-def _resume_arg(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--resume" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--resume="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def resume_run_dir(path: str) -> str:
     """The run folder of ``--resume PATH`` (a run folder or ``<run>/checkpoints/<tag>``).
 
@@ -382,7 +377,7 @@ def parse(argv: list[str] | None = None, prog: str = "python -m kbench.run") -> 
     """
     p = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
-    resume = _resume_arg(argv)
+    resume = arg_value(argv, "--resume")
     run_dir = resume_run_dir(resume) if resume else None
     if run_dir:  # the run's own config is the base; explicit overrides are checked below
         argv = ["--config", os.path.join(run_dir, "config.yaml"), *argv]

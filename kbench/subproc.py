@@ -180,3 +180,13 @@ def read_json(path: str):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def arg_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag VALUE`` or ``flag=VALUE`` in the command line ``argv`` (None if absent)."""
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None

@@ -105,6 +105,7 @@ def test_config_choices_are_the_registries():
     from kbench import PRECISIONS
     from kbench.config import CHOICES, SECTIONS
     from kbench.data.sources import INTERPOLATIONS, SOURCES
+    from kbench.data.weights import CLASS_WEIGHT_MODES
     from kbench.models.registry import BACKBONES, HEADS, PREPROCESS_MODES
     from kbench.recipes import CACHE_MODES, OPTIMIZERS, PRESETS
     from kbench.recipes.policy import BN_MODES, SCHEDULES
@@ -125,8 +126,9 @@ def test_config_choices_are_the_registries():
     assert {k: literal(v) for k, v in CHOICES.items()} == registries
     with_literals = {f"{sec}.{name}" for sec, cls in SECTIONS.items()
                      for name, tp in typing.get_type_hints(cls).items() if literal(tp)}
-    assert with_literals == set(registries) | {"trainer.jit_compile"}
+    assert with_literals == set(registries) | {"trainer.jit_compile", "data.class_weight"}
     assert literal(typing.get_type_hints(SECTIONS["trainer"])["jit_compile"]) == ("auto",)
+    assert literal(typing.get_type_hints(SECTIONS["data"])["class_weight"]) == CLASS_WEIGHT_MODES  # or a mapping
 
 
 def test_help_shows_every_description_and_choice():

@@ -6,6 +6,8 @@
 * :mod:`~kbench.data.splits`: :class:`Split`, :class:`SourceData` and the seeded stratified selections.
 * :mod:`~kbench.data.batches`: :class:`BatchSequence` and :func:`resize_batch` (per-batch OpenCV resize).
 * :mod:`~kbench.data.images`: decoding image files by content, and what in a folder is not an image.
+* :mod:`~kbench.data.external`, :mod:`~kbench.data.pipelines`: your own data (:func:`from_arrays`, :func:`from_pipelines`).
+* :mod:`~kbench.data.weights`: ``data.class_weight`` (``balanced`` or a mapping) resolved per class.
 
 Public names resolve lazily, so importing a keras-free module here imports no keras.
 """
@@ -19,5 +21,7 @@ _EXPORTS = {
     **dict.fromkeys(["SourceData", "Split", "stratified_split", "subset_per_class"], "kbench.data.splits"),
     **dict.fromkeys(["BatchSequence", "resize_batch"], "kbench.data.batches"),
     **dict.fromkeys(["DataModule"], "kbench.data.module"),
+    **dict.fromkeys(["from_arrays", "from_pipelines"], "kbench.data.external"),
+    **dict.fromkeys(["CLASS_WEIGHT_MODES", "resolve_class_weight"], "kbench.data.weights"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -25,6 +25,7 @@ from kbench.data.cifar import CIFAR10_CLASSES  # noqa: F401  (re-exported)
 from kbench.data.images import IMAGE_EXTENSIONS, decode_image, read_image  # noqa: F401  (re-exported)
 from kbench.data.sources import INTERPOLATIONS, SOURCES, check_source, get_loader  # noqa: F401  (SOURCES: re-exported)
 from kbench.data.splits import Split, stratified_split, subset_per_class
+from kbench.data.weights import check_class_weight_spec, resolve_class_weight
 
 
 class DataModule:
@@ -46,6 +47,8 @@ class DataModule:
             being skipped with a warning that lists them (see :func:`kbench.data.images.report_skipped`).
         progress: report the decoding of an image folder on stderr (a bar on a terminal,
             else a start and an end line: :func:`kbench.data.images.decode_all`); False: silent.
+        class_weight: None, ``balanced`` or ``{class index or name: weight}``
+            (:mod:`kbench.data.weights`; resolved by :meth:`class_weights`).
 
     After :meth:`setup`: ``train``, ``val``, ``test`` (:class:`Split`),
     ``class_names`` (list of str), ``num_classes``; for ``folder`` sources also
@@ -60,8 +63,9 @@ class DataModule:
                  test_split: float = 0.2, batch_size: int = 64, seed: int = 0,
                  max_train_per_class: int | None = None, max_test_per_class: int | None = None,
                  interpolation: str = "linear", augment: bool = False, strict: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, class_weight=None):
         check_source(source)
+        check_class_weight_spec(class_weight)
         if not 0 <= val_split < 1:
             raise KbenchError(f"data.val_split must be in [0, 1), got {val_split}")
         if not 0 < test_split < 1:
@@ -75,7 +79,7 @@ class DataModule:
             raise KbenchError(f"unknown interpolation {interpolation!r}; choose one of: {', '.join(INTERPOLATIONS)}")
         self.source, self.root, self.val_split, self.test_split = source, root, val_split, test_split
         self.batch_size, self.seed, self.augment, self.strict = batch_size, seed, augment, strict
-        self.progress = progress
+        self.progress, self.class_weight = progress, class_weight
         self.max_train_per_class, self.max_test_per_class = max_train_per_class, max_test_per_class
         self.interpolation = interpolation
         self.train = self.val = self.test = None
@@ -83,9 +87,20 @@ class DataModule:
         self.skipped: list[tuple[str, str]] = []
         self.notes: list[tuple[str, str]] = []
 
+    deterministic = True  # batches are a function of (seed, epoch): the frozen-prefix cache and exact resume work
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def class_weights(self) -> dict[int, float] | None:
+        """``class_weight`` resolved to ``{class index: weight}`` after :meth:`setup`
+        (``balanced``: from the training split's counts); None without class weights.
+
+        Raises:
+            KbenchError: see :func:`kbench.data.weights.resolve_class_weight`.
+        """
+        return resolve_class_weight(self.class_weight, self.class_names, lambda: self.train.y)
 
     # ---------------------------------------------------------------- loading
     def setup(self) -> DataModule:

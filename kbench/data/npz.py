@@ -65,8 +65,8 @@ def load_npz(path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray
         names = [str(c) for c in cn]
     splits, n = [], 0
     for s in ("train", "test"):
-        x = _npz_images(path, f"x_{s}", arrays[f"x_{s}"])
-        y, cols = _npz_labels(path, f"y_{s}", arrays[f"y_{s}"], len(x), f"x_{s}")
+        x = check_images(path, f"x_{s}", arrays[f"x_{s}"])
+        y, cols = check_labels(path, f"y_{s}", arrays[f"y_{s}"], len(x), f"x_{s}")
         splits.append((x, y))
         n = max(n, cols, int(y.max()) + 1)
     n = len(names) if names is not None else n
@@ -82,7 +82,7 @@ def load_npz(path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray
     return splits[0], splits[1], names if names is not None else [str(i) for i in range(n)]
 
 
-def _npz_images(path: str, key: str, x: np.ndarray) -> np.ndarray:
+def check_images(path: str, key: str, x: np.ndarray) -> np.ndarray:
     """Validate one npz image array and return it as ``uint8`` RGB ``(N, h, w, 3)``."""
     if x.ndim == 3:
         x = x[..., None]  # (N, h, w) grayscale
@@ -119,7 +119,7 @@ def _npz_images(path: str, key: str, x: np.ndarray) -> np.ndarray:
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
-def _npz_labels(path: str, key: str, y: np.ndarray, n: int, xkey: str) -> tuple[np.ndarray, int]:
+def check_labels(path: str, key: str, y: np.ndarray, n: int, xkey: str) -> tuple[np.ndarray, int]:
     """Validate one npz label array; returns ``(int32 (N,) labels, one-hot columns or 0)``.
 
     Accepted: integer (or integral float) class indices of shape ``(N,)`` or

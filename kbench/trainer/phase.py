@@ -218,7 +218,7 @@ class PhaseRun:
             if first < end and not (self.plan.skip and self.net.stop_training):
                 self.run.averaging.continue_phase(self.net)
                 self.net.fit(train_seq, validation_data=val_seq, epochs=end, initial_epoch=first, shuffle=False,
-                             verbose=0, callbacks=callbacks)
+                             verbose=0, callbacks=callbacks, class_weight=self.run.datamodule.class_weights())
         finally:
             self.state.history.extend(self.logger.rows)
             self.state.step = self.meter.global_step
@@ -231,7 +231,8 @@ class PhaseRun:
         self.meter.batch_sizes, self.stepper.offset = tail.batch_sizes(), skip
         with self.run.averaging.tail_fit():
             self.net.fit(tail, validation_data=val_seq, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-                         verbose=0, callbacks=[checkpoint.RestoreMetrics(self.plan.resume_ckpt, tail[0]), *callbacks])
+                         verbose=0, callbacks=[checkpoint.RestoreMetrics(self.plan.resume_ckpt, tail[0]), *callbacks],
+                         class_weight=self.run.datamodule.class_weights())
         self.meter.batch_sizes, self.stepper.offset = train_seq.batch_sizes(), 0
         train_seq.epoch = epoch + 1
 

@@ -65,11 +65,11 @@ def phase_epochs(phases: list[Phase], max_epochs: int | None, fast_dev_run: bool
 
 def cut_for(run: FitRun, phase: Phase) -> str | None:
     """The frozen-prefix cache cut of ``phase``: the deepest bottleneck below its
-    lowest trainable layer (None: recipe cache ``off``, augmentation, or a backbone
+    lowest trainable layer (None: recipe cache ``off``, augmentation, your own pipelines, or a backbone
     not in inference mode (``bn: train``) with a layer below the cut that behaves
     differently in training mode, such as Dropout: see
     :func:`~kbench.recipes.training_mode_layers`)."""
-    if run.recipe.cache == "off" or run.datamodule.augment:
+    if run.recipe.cache == "off" or run.datamodule.augment or not run.datamodule.deterministic:
         return None
     base = run.model.base
     cut = cache_cut(base, first_trainable_index(base, phase.train_base))

@@ -33,7 +33,7 @@ from rich.console import Console
 
 from kbench import KbenchError, backend
 from kbench.data import DataModule
-from kbench.data.batches import count_batches
+from kbench.data.external import as_datamodule, data_notes, prepare_data
 from kbench.models import TransferModel
 from kbench.recipes import Recipe, check_train_layers
 from kbench.recipes.layerwise import check_lr_mult
@@ -153,9 +153,17 @@ class Trainer:
         return self.run_dir
 
     # ------------------------------------------------------------ fit
-    def fit(self, model: TransferModel, datamodule: DataModule, recipe: Recipe, config: dict | None = None,
+    def fit(self, model: TransferModel, datamodule, recipe: Recipe, config: dict | None = None,
             ckpt_path: str | None = None) -> dict:
         """Train ``model`` with ``recipe``, then test it and write the run folder.
+
+        ``datamodule``: a :class:`~kbench.data.DataModule` (also from
+        :func:`kbench.data.from_arrays` / :func:`~kbench.data.from_pipelines`), or
+        directly NumPy arrays ``(x, y)``, a ``keras.utils.PyDataset``, a
+        ``tf.data.Dataset`` or a torch ``DataLoader`` (wrapped with the model's classes:
+        :func:`kbench.data.external.as_datamodule`). Class weights
+        (``datamodule.class_weight``) weight the training loss only; validation and
+        test losses are unweighted.
 
         Writes ``config.yaml`` (when ``config`` is given), ``metrics.csv``,
         ``checkpoints/``, ``results.json`` and ``model.keras`` into :attr:`run_dir` (and the
@@ -179,13 +187,13 @@ class Trainer:
             RuntimeError: a frozen variable changed during a phase.
         """
         t_start = time.perf_counter()
+        datamodule = as_datamodule(datamodule, model.class_names, self.seed)
         datamodule.setup()
         self.check_recipe(model, datamodule, recipe)  # every phase's layers and warm-up, before any trains
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
         run.tracking = Tracking(self.loggers, run.run_dir, config, self.state.step if resume else None, self.tools.log)
-        plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run,
-                            count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")))
+        plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run, self._train_batches(model, datamodule))
         run.averaging = Averaging(recipe, plans, self.tools.log)
         if resume:
             run.averaging.resume(resume.ckpt, resume.saved)
@@ -203,17 +211,23 @@ class Trainer:
 
     def check_recipe(self, model: TransferModel, datamodule: DataModule, recipe: Recipe) -> None:
         """What can only be checked with the model and the data set up, before anything is
-        written: every phase's ``train`` layers and ``lr_mult`` prefixes exist, and every
-        warm-up is shorter than its phase under this trainer's epoch and batch limits.
+        written: every phase's ``train`` layers and ``lr_mult`` prefixes exist, every
+        warm-up is shorter than its phase under this trainer's epoch and batch limits,
+        the class weights resolve and the first batch of your own pipelines fits the model
+        (:func:`kbench.data.external.prepare_data`).
 
         Raises:
-            KbenchError: names the phase and the bad value.
+            KbenchError: names the phase and the bad value (or the bad data).
         """
+        prepare_data(datamodule, model.image_size, model.num_classes)
         check_train_layers(model.base, recipe.phases)
         check_lr_mult([la.name for la in model.base.layers], [la.name for la in model.head], recipe.phases,
                       model.spec.name)
-        check_schedules(recipe, count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")),
-                        self.max_epochs, self.fast_dev_run)
+        check_schedules(recipe, self._train_batches(model, datamodule), self.max_epochs, self.fast_dev_run)
+
+    def _train_batches(self, model: TransferModel, datamodule) -> int:
+        """Training batches per epoch under ``limit_train_batches``."""
+        return len(datamodule.loader("train", model.image_size, shuffle=True, limit_batches=self.tools.limit("train")))
 
     def _start(self, model: TransferModel, datamodule: DataModule, recipe: Recipe, config: dict | None,
                resume: ResumePoint | None) -> FitRun:
@@ -238,6 +252,8 @@ class Trainer:
                        f"{backend.name()}, {len(datamodule.train)} train / {len(datamodule.val)} val / "
                        f"{len(datamodule.test)} test images, run folder {run_dir}"
                        + (f", resuming {resume.where()} from {resume.ckpt}" if resume else ""))
+        for line in data_notes(datamodule):
+            self.tools.log(line)
         return run
 
     def _run_phases(self, run: FitRun, plans: list[PhasePlan], resume: ResumePoint | None) -> None:
@@ -296,6 +312,7 @@ class Trainer:
                                             "best_epoch": tracker.best_epoch,
                                             "best_monitor_value": tracker.best_value,
                                             "resumed_from": os.path.basename(resume.ckpt) if resume else None,
+                                            "class_weight": run.datamodule.class_weights(),
                                             **run.averaging.results(outcome["swa"])})
         run.tracking.finish(self.results, self.state.epoch, [os.path.join(run.run_dir, "results.json"), model_path])
         self.tools.console.print(summary_table(self.results, self.history))
