@@ -5,6 +5,8 @@
 * :mod:`~kbench.data.cifar`, :mod:`~kbench.data.folder`, :mod:`~kbench.data.npz`: one module per source.
 * :mod:`~kbench.data.splits`: :class:`Split`, :class:`SourceData` and the seeded stratified selections.
 * :mod:`~kbench.data.batches`: :class:`BatchSequence` and :func:`resize_batch` (per-batch OpenCV resize).
+* :mod:`~kbench.data.augment`: the seeded per-batch training augmentation; its settings, checks and
+  cache rules in :mod:`~kbench.data.augment_policy` (keras-free).
 * :mod:`~kbench.data.images`: decoding image files by content, and what in a folder is not an image.
 
 Public names resolve lazily, so importing a keras-free module here imports no keras.
@@ -17,7 +19,9 @@ _EXPORTS = {
     **dict.fromkeys(["IMAGE_EXTENSIONS", "decode_image", "read_image"], "kbench.data.images"),
     **dict.fromkeys(["INTERPOLATIONS", "SOURCES", "check_source", "get_loader"], "kbench.data.sources"),
     **dict.fromkeys(["SourceData", "Split", "stratified_split", "subset_per_class"], "kbench.data.splits"),
-    **dict.fromkeys(["BatchSequence", "resize_batch"], "kbench.data.batches"),
+    **dict.fromkeys(["BatchSequence", "TwoViewSequence", "resize_batch"], "kbench.data.batches"),
+    **dict.fromkeys(["Augmenter", "flip_mask", "make_augmenter"], "kbench.data.augment"),
+    **dict.fromkeys(["IMAGE_OPS", "TARGET_OPS", "cache_off_reason"], "kbench.data.augment_policy"),
     **dict.fromkeys(["DataModule"], "kbench.data.module"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -176,7 +176,8 @@ class Trainer:
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
         plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run,
-                            count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")))
+                            count_batches(len(datamodule.train), datamodule.batch_size, self.tools.limit("train")),
+                            self.tools.log)
         run.averaging = Averaging(recipe, plans, self.tools.log)
         if resume:
             run.averaging.resume(resume.ckpt, resume.saved)
@@ -286,6 +287,7 @@ class Trainer:
                                             "best_epoch": tracker.best_epoch,
                                             "best_monitor_value": tracker.best_value,
                                             "resumed_from": os.path.basename(resume.ckpt) if resume else None,
+                                            "cache_memory_mb": run.cache.peak_mb,
                                             **run.averaging.results(outcome["swa"])})
         self.tools.console.print(summary_table(self.results, self.history))
         return self.results
