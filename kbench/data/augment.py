@@ -123,8 +123,9 @@ class Augmenter:
                 _seeded(layer, int(rng.integers(1, 2**31 - 1)))
                 x = layer(x, training=True)
         if self.mixes:
-            return self._mix(x, y, rng)
-        return np.asarray(keras.ops.convert_to_numpy(x), np.float32), y
+            x, y = self._mix(x, y, rng)
+        x = np.asarray(keras.ops.convert_to_numpy(x), np.float32)
+        return np.clip(x, 0, 255, out=x), y  # interpolation / blending round-off
 
     def _mix(self, x, y: np.ndarray, rng: np.random.Generator):
         """MixUp or CutMix (both on: CutMix with probability :data:`SWITCH_PROB`, from ``rng``).
@@ -143,8 +144,7 @@ class Augmenter:
         out = layer.transform_labels(keras.ops.convert_to_tensor(onehot), t, training=True)
         self.last_mix = {"op": name, "permutation": np.asarray(keras.ops.convert_to_numpy(t["permutation_order"])),
                          "weights": np.asarray(keras.ops.convert_to_numpy(t["mix_weight"]), np.float32).reshape(-1)}
-        return (np.asarray(keras.ops.convert_to_numpy(x), np.float32),
-                np.asarray(keras.ops.convert_to_numpy(out), np.float32))
+        return x, np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
 
 def make_augmenter(image_ops: dict, target_ops: dict | None = None, num_classes: int | None = None) -> Augmenter | None:

@@ -49,7 +49,8 @@ def test_two_views_serve_the_uncached_flip_draw_for_draw():
 
 
 def test_mirrored_features_equal_the_prefix_of_flipped_images(cifar_dir):
-    dm = DataModule("folder", str(cifar_dir), batch_size=8, max_train_per_class=3, augment=True, progress=False).setup()
+    dm = DataModule("folder", str(cifar_dir), batch_size=64, max_train_per_class=3, augment=True,
+                    progress=False).setup()
     tm = build_model("mobilenetv3small", "none", 32, "gap", 0.0, "auto", dm.num_classes, dm.class_names)
     names = [la.name for la in tm.base.layers]
     deep = cache_cut(tm.base, len(names))
@@ -58,13 +59,17 @@ def test_mirrored_features_equal_the_prefix_of_flipped_images(cifar_dir):
     cache = FeatureCache(tm, dm, LoopTools(Console(quiet=True), {"train": 1.0, "val": 1.0, "test": 1.0},
                                            enable_progress_bar=False))
     cache.plan([shallow, deep])
-    flipped = resize_batch(list(dm.train.x), 32)[:, :, ::-1]
+    images = resize_batch(list(dm.train.x), 32)
+    flipped = np.ascontiguousarray(images[:, :, ::-1])
     for cut in (shallow, deep):  # deep is derived from the shallow mirrored view
         got = cache.get("train", cut, mirror=True)
-        want = np.asarray(tm.split(cut)[0].predict(np.ascontiguousarray(flipped), verbose=0), np.float32)
+        prefix = tm.split(cut)[0]
+        want, plain = (np.asarray(prefix.predict(v, batch_size=len(v), verbose=0), np.float32) for v in (flipped, images))
         assert got.dtype == np.float32 and got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
-        assert not np.allclose(got, cache.get("train", cut), atol=1e-3 * float(np.abs(want).max()))
+        scale = float(np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+        assert not np.allclose(got, plain, atol=1e-3 * scale)
+    assert cache.peak_mb > 0
     assert cache.peak_mb == pytest.approx(sum(v.nbytes for v in cache.store.values()) / 2**20)
 
 
