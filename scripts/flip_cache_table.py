@@ -4,8 +4,10 @@ same seed and config (default recipe; + flips on the two-view cache; + flips unc
 memory and peak memory read from their ``results.json``.
 
     KERAS_BACKEND=torch python scripts/flip_cache_table.py --out runs/flip-table \\
-        -- --data.root ../shared/datasets/cifar10-jpg.tar.gz \\
-           --model.weights ../shared/weights/vgg16_notop_hed-bsds500.weights.h5
+        -- --data.root data/cifar10 --model.weights ../shared/weights/vgg16_notop_hed-bsds500.weights.h5
+
+(``data/cifar10``: the extracted ``../shared/datasets/cifar10-jpg.tar.gz``, as in the README.)
+A quick check: add ``--data.source folder --data.max_train_per_class 20 --data.max_test_per_class 10``.
 
 Everything after ``--`` goes to every run (data, model, recipe and trainer keys). The
 backend is KERAS_BACKEND's. ``--only-table`` reprints the table of an earlier ``--out``.

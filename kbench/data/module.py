@@ -56,6 +56,7 @@ class DataModule:
     ``class_names`` (list of str), ``num_classes``; for ``folder`` sources also
     ``skipped`` (``(path, reason)`` of every entry not used) and ``notes``
     (``(path, note)`` of files decoded by content despite their extension).
+    From the start: ``image_ops``, the training image ops by key (``augment`` and the above).
 
     Raises:
         KbenchError: an option out of range (named, with its allowed range).
