@@ -104,3 +104,30 @@ def test_mixup_label_smoothing_randaugment_fit_end_to_end(cifar_dir, tmp_path):
     run_dir = next(Path(tmp_path).iterdir())
     loaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
     assert loaded.output.shape[-1] == 10
+
+
+def test_two_view_cache_trains_the_same_model_as_uncached_flips(cifar_dir, vgg16_weights, tmp_path):
+    """Same seed, flips on: the two-view cache serves the features of exactly the images the
+    uncached path flips, so both paths train the same head (label smoothing on in both)."""
+    from kbench.recipes import Recipe, make_phases
+    from kbench.trainer import Trainer
+
+    out = {}
+    for cache in ("auto", "off"):
+        trainer = Trainer(seed=7, default_root_dir=str(tmp_path / cache), enable_progress_bar=False,
+                          inference_batches=0, enable_checkpointing=False)
+        dm = DataModule("folder", str(cifar_dir), batch_size=32, seed=7, max_train_per_class=8,
+                        max_test_per_class=3, augment=True, progress=False)
+        tm = build_model("vgg16", str(vgg16_weights), 32, "gap", 0.5, "auto", 10, dm.setup().class_names)
+        phases = make_phases("feature_extraction", 2, 1e-3, 1, None, "auto", "block5")
+        res = trainer.fit(tm, dm, Recipe("feature_extraction", phases, cache=cache, label_smoothing=0.1))
+        out[cache] = (res, trainer.history, [np.asarray(w) for w in tm.keras_model.get_weights()])
+    (ra, ha, wa), (ro, ho, wo) = out["auto"], out["off"]
+    assert ra["phases"][0]["cache_cut"] == "block5_pool" and ra["phases"][0]["cache_views"] == 2
+    assert ro["phases"][0]["cache_cut"] is None
+    for a, o in zip(ha, ho):
+        np.testing.assert_allclose([a["loss"], a["val_loss"]], [o["loss"], o["val_loss"]], rtol=2e-4)
+        assert a["accuracy"] == pytest.approx(o["accuracy"], abs=1e-6)
+    assert ra["test_loss"] == pytest.approx(ro["test_loss"], rel=2e-4)
+    for a, o in zip(wa, wo):
+        np.testing.assert_allclose(a, o, rtol=1e-3, atol=1e-5)
