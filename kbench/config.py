@@ -15,16 +15,16 @@ it, all without importing keras: the tools' parent processes parse configs too.
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from kbench import PRECISIONS, KbenchError
+from kbench.config_errors import error_message
+from kbench.data.augment_policy import IMAGE_OPS, TARGET_OPS
 from kbench.data.sources import INTERPOLATIONS, SOURCES
 from kbench.data.weights import ClassWeight
 from kbench.models.registry import BACKBONES, HEADS, PREPROCESS_MODES
@@ -73,9 +73,13 @@ class DataConfig:
         max_train_per_class: stratified subset of the training set (null = all).
         max_test_per_class: stratified subset of the test set (null = all).
         interpolation: OpenCV resize interpolation.
-        augment: random horizontal flips while training (disables the frozen-prefix cache).
+        augment: random horizontal flips while training (alone: two-view frozen-prefix cache).
         strict: undecodable image files are an error instead of a warning.
         class_weight: null, balanced or {class: weight}, for the training loss (kbench.data.weights).
+        crop_padding: random crop after zero padding by this many pixels (0 = off; kbench.data.augment_policy).
+        translate: random shift by up to this fraction of the side (0 = off).
+        randaugment: RandAugment ops per image (0 = off).
+        randaugment_magnitude: RandAugment strength in (0, 1] (keras factor).
     """
 
     source: SourceName = "cifar10"
@@ -89,6 +93,10 @@ class DataConfig:
     augment: bool = False
     strict: bool = False
     class_weight: ClassWeight = None
+    crop_padding: int = IMAGE_OPS["crop_padding"]
+    translate: float = IMAGE_OPS["translate"]
+    randaugment: int = IMAGE_OPS["randaugment"]
+    randaugment_magnitude: float = IMAGE_OPS["randaugment_magnitude"]
 
 
 @dataclass
@@ -162,6 +170,9 @@ class RecipeConfig:
             validation, testing and the saved model use the averaged weights (null = off).
         swa_epochs: stochastic weight averaging over the last N epochs of the last phase (0 = off).
         lr_find_steps: steps of the learning-rate sweep behind learning_rate: auto.
+        mixup: MixUp alpha (0 = off; see kbench.data.augment_policy).
+        cutmix: CutMix factor in [0, 1] (0 = off; with mixup, one of the two per batch).
+        label_smoothing: label smoothing of the loss, in [0, 1).
     """
 
     name: RecipeName = "fine_tune"
@@ -188,6 +199,9 @@ class RecipeConfig:
     ema: Optional[float] = RECIPE_POLICY["ema"]
     swa_epochs: int = RECIPE_POLICY["swa_epochs"]
     lr_find_steps: int = RECIPE_POLICY["lr_find_steps"]
+    mixup: float = TARGET_OPS["mixup"]
+    cutmix: float = TARGET_OPS["cutmix"]
+    label_smoothing: float = TARGET_OPS["label_smoothing"]
 
 
 @dataclass
@@ -275,21 +289,6 @@ def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
     return p
 
 
-def explain(message: str) -> str:
-    """Add the valid keys (and the closest match) to an unknown-key error message."""
-    keys = {f"{sec}.{f.name}" for sec, cls in SECTIONS.items() for f in fields(cls)}
-    grouped = [f"{g}.{o}" for g, o in re.findall(r"Group '(\w+)' does not accept option '(\w+)'", message)]
-    for bad in grouped + re.findall(r"--?([\w.]+)", message):
-        if bad in keys or bad in ("config", "print_config", "help", "resume"):
-            continue
-        sec = bad.split(".")[0]
-        valid = sorted(k for k in keys if k.startswith(sec + ".")) if sec in SECTIONS else sorted(SECTIONS)
-        close = difflib.get_close_matches(bad, keys | set(valid), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"{message}\nunknown key {bad!r}.{hint} Valid keys: {', '.join(valid)}"
-    return message
-
-
 # Keys that may differ between a run and its --resume (they do not change results).
 RESUME_MAY_DIFFER = {"trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.name",
                      "trainer.inference_batches", "trainer.checkpoint_every_n_steps", "trainer.loggers"}
@@ -330,27 +329,6 @@ def _check_same_config(cfg: "RunConfig", run_dir: str) -> None:
               + "\ndrop the --config file or overrides that change them, or start a new run")
 
 
-def error_message(error: ArgumentError) -> str:
-    """One message for a jsonargparse error: unknown keys get the valid keys (:func:`explain`),
-    ``typing.Literal[...]`` reads ``one of [...]`` and a ``recipe.phases`` of the wrong shape
-    gets an example."""
-    msg = str(error).strip()
-    if msg.startswith('Parser key "recipe.phases"'):
-        given = re.search(r"Given value: (.*)", msg)
-        return ("recipe.phases must be a list of phases such as [{name: head, epochs: 3, learning_rate: 1e-3, "
-                f"train: none}}] (or null for the recipe.name preset); got {given.group(1) if given else 'another type'}")
-    union = re.match(r'Parser key "([\w.]+)":\s+Does not validate against any of the Union subtypes', msg)
-    if union:  # an Optional[...] key: the first subtype's complaint and the value, on one line
-        first = re.search(r"Errors:\s+- (.*?)(?:\. Got value: .*)?\n", msg)
-        given = re.search(r"Given value: (.*)", msg)
-        want = first.group(1) if first else "another type"
-        out = (f"{union.group(1)}: {want[0].lower() + want[1:]} or null, got "
-               f"{given.group(1) if given else 'another type'}")
-        out = re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", out)
-        return out.replace("a <class 'float'>", "a number").replace("a <class 'int'>", "an integer")
-    return re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", explain(msg))
-
-
 def check_recipe(cfg: RunConfig) -> None:
     """Check the recipe section as ``kbench.run`` will use it (no backend needed) and write
     it out in full: every key of each ``recipe.phases`` entry, and ``recipe.name`` set to the
@@ -384,7 +362,7 @@ def parse(argv: list[str] | None = None, prog: str = "python -m kbench.run") -> 
     try:
         ns = p.parse_args(argv)
     except ArgumentError as e:
-        _fail(error_message(e), p.prog)
+        _fail(error_message(e, SECTIONS), p.prog)
     init = p.instantiate(ns)
     cfg = RunConfig(**{k: getattr(init, k) for k in SECTIONS}, resume=resume)
     check_recipe(cfg)

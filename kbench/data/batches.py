@@ -16,6 +16,8 @@ import cv2
 import keras
 import numpy as np
 
+from kbench.data.augment import Augmenter, flip_mask
+
 
 def resize_batch(images, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """Resize ``uint8`` RGB images to ``(b, size, size, 3)`` ``float32`` in [0, 255] with OpenCV."""
@@ -42,18 +44,24 @@ class BatchSequence(keras.utils.PyDataset):
     ``x`` is either images (``uint8``, resized per batch to ``image_size``; the
     output is ``float32 (b, image_size, image_size, 3)`` in [0, 255]) or cached
     features (any float array, served as they are when ``image_size`` is None).
-    ``y`` batches are ``int32 (b,)``. ``epoch`` can be set to resume an order.
+    ``y`` batches are ``int32 (b,)`` (``float32 (b, num_classes)`` soft targets when
+    ``augment`` mixes). ``epoch`` can be set to resume an order.
+
+    ``augment``: False, True (random horizontal flips) or an
+    :class:`~kbench.data.augment.Augmenter`, applied once per image batch with the key
+    ``(seed, epoch, batch index)``.
 
     ``limit_batches``: int = number of batches, float = fraction of them.
     :meth:`tail` serves only an epoch's last batches (resuming inside an epoch).
     """
 
     def __init__(self, x, y, batch_size: int, image_size: int | None, shuffle: bool = False, seed: int = 0,
-                 limit_batches: int | float | None = None, augment: bool = False,
+                 limit_batches: int | float | None = None, augment: bool | Augmenter = False,
                  interpolation: int = cv2.INTER_LINEAR):
         super().__init__(workers=1, use_multiprocessing=False)
         self.x, self.y, self.batch_size, self.image_size = x, y, batch_size, image_size
-        self.shuffle, self.seed, self.augment, self.interpolation = shuffle, seed, augment, interpolation
+        self.shuffle, self.seed, self.interpolation = shuffle, seed, interpolation
+        self.augment = Augmenter(flip=True) if augment is True else augment or None
         self.n_batches = count_batches(len(y), batch_size, limit_batches)
         self.epoch = 0
         self.offset = 0
@@ -93,18 +101,41 @@ class BatchSequence(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.n_batches - self.offset
 
-    def __getitem__(self, i: int):
+    def indices(self, i: int) -> tuple[int, np.ndarray]:
+        """``(batch index in the epoch, sample indices)`` of served batch ``i``."""
         if i >= len(self):
             raise IndexError(i)
         i += self.offset
         order = getattr(self, "_order", None)
         if order is None:
             order = self._order = self.order()
-        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        return i, order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def __getitem__(self, i: int):
+        i, idx = self.indices(i)
         if self.image_size is None:
             return self.x[idx], self.y[idx]
         xb = resize_batch([self.x[j] for j in idx], self.image_size, self.interpolation)
         if self.augment:
-            flip = np.random.default_rng([self.seed, self.epoch, i]).random(len(idx)) < 0.5
-            xb[flip] = xb[flip, :, ::-1]
+            return self.augment(xb, self.y[idx], (self.seed, self.epoch, i))
+        return xb, self.y[idx]
+
+
+class TwoViewSequence(BatchSequence):
+    """Cached features of two views of every image, ``x`` = ``(plain, mirrored)`` (each
+    ``float32 (N, ...)``, sample order of the split), serving one view per image: the mirror
+    where :func:`~kbench.data.augment.flip_mask` says so, the rule of the uncached flip,
+    so both paths flip the same images in the same batches. Arguments otherwise as
+    :class:`BatchSequence` (``image_size`` None)."""
+
+    def __init__(self, x: tuple, y, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 limit_batches: int | float | None = None):
+        super().__init__(x, y, batch_size, None, shuffle=shuffle, seed=seed, limit_batches=limit_batches)
+
+    def __getitem__(self, i: int):
+        i, idx = self.indices(i)
+        plain, mirrored = self.x
+        m = flip_mask(self.seed, self.epoch, i, len(idx))
+        xb = plain[idx]
+        xb[m] = mirrored[idx[m]]
         return xb, self.y[idx]

@@ -157,7 +157,8 @@ def data_notes(datamodule) -> list[str]:
     return datamodule.notes() if isinstance(datamodule, PipelineModule) else []
 
 
-def prepare_data(datamodule, image_size: int, num_classes: int | None = None) -> dict[int, float] | None:
+def prepare_data(datamodule, image_size: int, num_classes: int | None = None,
+                 mixes: bool = False) -> dict[int, float] | None:
     """Checks that need the model and the classes, before anything is written: the
     model's number of classes, the first batch of every pipeline
     (:meth:`~kbench.data.pipelines.PipelineModule.check`), and the class weights,
@@ -165,13 +166,17 @@ def prepare_data(datamodule, image_size: int, num_classes: int | None = None) ->
 
     Raises:
         KbenchError: a model with another number of classes than the data, a bad
-            batch, a bad ``class_weight`` key or value.
+            batch, a bad ``class_weight`` key or value, MixUp / CutMix (``mixes``) on
+            your own pipelines (kbench mixes its own batches only).
     """
     if num_classes is not None and num_classes != datamodule.num_classes:
         raise KbenchError(f"the model has {num_classes} classes but the data has {datamodule.num_classes} "
                           f"({datamodule.class_names[:10]}); build the model with num_classes=dm.num_classes, "
                           "class_names=dm.class_names")
     if isinstance(datamodule, PipelineModule):
+        if mixes:
+            raise KbenchError("recipe.mixup / recipe.cutmix mix kbench's own batches, not your own pipelines: "
+                              "mix in the pipeline, or pass NumPy arrays (kbench.data.from_arrays)")
         datamodule.check(image_size)
     return datamodule.class_weights()
 

@@ -20,6 +20,8 @@ split).
 from __future__ import annotations
 
 from kbench import KbenchError
+from kbench.data.augment import make_augmenter
+from kbench.data.augment_policy import IMAGE_OPS, check_image_ops
 from kbench.data.batches import BatchSequence, resize_batch  # noqa: F401  (resize_batch: re-exported)
 from kbench.data.cifar import CIFAR10_CLASSES  # noqa: F401  (re-exported)
 from kbench.data.images import IMAGE_EXTENSIONS, decode_image, read_image  # noqa: F401  (re-exported)
@@ -40,8 +42,11 @@ class DataModule:
         seed: seeds the split, the subsets and the per-epoch shuffling.
         max_train_per_class / max_test_per_class: stratified subsets (None = all).
         interpolation: OpenCV resize interpolation name.
-        augment: random horizontal flips on training batches (disables the
-            frozen-prefix cache, whose features must be deterministic).
+        augment: random horizontal flips on training batches (alone: the two-view
+            frozen-prefix cache; see :mod:`kbench.data.augment_policy`).
+        crop_padding, translate, randaugment, randaugment_magnitude: the other training
+            image ops (:data:`~kbench.data.augment_policy.IMAGE_OPS`; any of them turns the
+            frozen-prefix cache off).
         strict: ``folder`` sources: unusable files (empty, truncated, not an image)
             and hidden/system/stray entries are an error listing them, instead of
             being skipped with a warning that lists them (see :func:`kbench.data.images.report_skipped`).
@@ -54,6 +59,7 @@ class DataModule:
     ``class_names`` (list of str), ``num_classes``; for ``folder`` sources also
     ``skipped`` (``(path, reason)`` of every entry not used) and ``notes``
     (``(path, note)`` of files decoded by content despite their extension).
+    From the start: ``image_ops``, the training image ops by key (``augment`` and the above).
 
     Raises:
         KbenchError: an option out of range (named, with its allowed range).
@@ -63,9 +69,13 @@ class DataModule:
                  test_split: float = 0.2, batch_size: int = 64, seed: int = 0,
                  max_train_per_class: int | None = None, max_test_per_class: int | None = None,
                  interpolation: str = "linear", augment: bool = False, strict: bool = False,
-                 progress: bool = True, class_weight=None):
+                 progress: bool = True, crop_padding: int = 0, translate: float = 0.0, randaugment: int = 0,
+                 randaugment_magnitude: float = IMAGE_OPS["randaugment_magnitude"], class_weight=None):
         check_source(source)
         check_class_weight_spec(class_weight)
+        self.image_ops = {"augment": augment, "crop_padding": crop_padding, "translate": translate,
+                          "randaugment": randaugment, "randaugment_magnitude": randaugment_magnitude}
+        check_image_ops(self.image_ops)
         if not 0 <= val_split < 1:
             raise KbenchError(f"data.val_split must be in [0, 1), got {val_split}")
         if not 0 < test_split < 1:
@@ -134,12 +144,15 @@ class DataModule:
 
     # ---------------------------------------------------------------- batches
     def loader(self, split: str, image_size: int | None, shuffle: bool = False,
-               limit_batches: int | float | None = None, batch_size: int | None = None) -> BatchSequence:
+               limit_batches: int | float | None = None, batch_size: int | None = None,
+               augment: bool = True, targets: dict | None = None) -> BatchSequence:
         """A :class:`~kbench.data.batches.BatchSequence` over ``split`` (``"train"``,
         ``"val"``, ``"test"``): ``float32 (b, image_size, image_size, 3)`` images in
-        [0, 255] and ``int32 (b,)`` labels; flips when ``augment`` and ``split == "train"``."""
+        [0, 255] and ``int32 (b,)`` labels; for ``split == "train"`` with ``augment`` the
+        module's image ops (:attr:`image_ops`) and the ``targets`` mixing
+        (``{"mixup", "cutmix"}``, the recipe's: ``float32 (b, num_classes)`` soft targets)."""
         s = {"train": self.train, "val": self.val, "test": self.test}[split]
+        aug = make_augmenter(self.image_ops, targets, self.num_classes) if augment and split == "train" else None
         return BatchSequence(s.x, s.y, batch_size or self.batch_size, image_size, shuffle=shuffle,
-                             seed=self.seed, limit_batches=limit_batches,
-                             augment=self.augment and split == "train",
+                             seed=self.seed, limit_batches=limit_batches, augment=aug or False,
                              interpolation=INTERPOLATIONS[self.interpolation])

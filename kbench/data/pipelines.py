@@ -214,9 +214,12 @@ class PipelineModule:
         return self._weights
 
     def loader(self, split: str, image_size: int | None, shuffle: bool = False,
-               limit_batches: int | float | None = None, batch_size: int | None = None) -> PipelineSequence:
-        """A :class:`PipelineSequence` over ``split``'s pipeline (``shuffle`` and
-        ``batch_size`` are the pipeline's own: ignored)."""
+               limit_batches: int | float | None = None, batch_size: int | None = None, augment: bool = True,
+               targets: dict | None = None) -> PipelineSequence:
+        """A :class:`PipelineSequence` over ``split``'s pipeline (``shuffle``, ``batch_size``
+        and augmentation are the pipeline's own: ``augment`` and ``targets`` are ignored;
+        MixUp / CutMix on pipelines are refused before training by
+        :func:`kbench.data.external.prepare_data`)."""
         s = {"train": self.train, "val": self.val, "test": self.test}[split]
         return PipelineSequence(s, count_batches(s.n_batches, 1, limit_batches), self.num_classes)
 

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import Optional
 
 from kbench import KbenchError
+from kbench.data.augment_policy import TARGET_OPS, check_target_ops
 from kbench.recipes.policy import (
     RECIPE_POLICY,
     check_averaging,
@@ -149,6 +150,8 @@ class Recipe:
             (``scratch``): ``model.weights`` is then ignored.
         accumulate_steps, clip_norm, ema, swa_epochs, lr_find_steps: optimizer-wide
             settings (:data:`~kbench.recipes.policy.RECIPE_POLICY`).
+        mixup, cutmix, label_smoothing: training-target settings
+            (:data:`~kbench.data.augment_policy.TARGET_OPS`; 0 = off).
     """
 
     name: str
@@ -163,6 +166,19 @@ class Recipe:
     ema: float | None = None
     swa_epochs: int = 0
     lr_find_steps: int = 100
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+
+    @property
+    def targets(self) -> dict:
+        """The :data:`~kbench.data.augment_policy.TARGET_OPS` values of the recipe."""
+        return {k: getattr(self, k) for k in TARGET_OPS}
+
+    @property
+    def mixes(self) -> bool:
+        """True when MixUp or CutMix turn the training targets into soft targets."""
+        return bool(self.mixup or self.cutmix)
 
 
 def _is_int(v) -> bool:
@@ -388,5 +404,7 @@ def build_recipe(cfg, default_unfreeze: str) -> Recipe:
     check_averaging(phases, cfg.swa_epochs, cfg.ema)
     if cfg.cache not in CACHE_MODES:
         raise KbenchError(f"recipe.cache {cfg.cache!r} is not valid; choose one of: {', '.join(CACHE_MODES)}")
+    targets = {k: getattr(cfg, k, v) for k, v in TARGET_OPS.items()}
+    check_target_ops(targets)
     return Recipe(label, phases, cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.cache, pretrained=pretrained,
-                  **{k: getattr(cfg, k) for k in RECIPE_POLICY})
+                  **{k: getattr(cfg, k) for k in RECIPE_POLICY}, **targets)

@@ -40,7 +40,7 @@ class Evaluator:
     def evaluate(self, model: TransferModel, datamodule: DataModule, split: str) -> dict:
         """Loss, top-1 accuracy and image count of the end-to-end model on ``split``."""
         datamodule.setup()
-        seq = datamodule.loader(split, model.image_size, limit_batches=self.tools.limit(split))
+        seq = datamodule.loader(split, model.image_size, limit_batches=self.tools.limit(split), augment=False)
         return self.evaluate_sequence(model, model.compose(base_training=None), seq, split)
 
     def test_after_fit(self, model: TransferModel, datamodule: DataModule, cache: FeatureCache,
@@ -68,7 +68,7 @@ class Evaluator:
     def predict(self, model: TransferModel, datamodule: DataModule, split: str = "test") -> np.ndarray:
         """Class probabilities ``float32 (N, num_classes)`` for ``split``."""
         datamodule.setup()
-        seq = datamodule.loader(split, model.image_size, limit_batches=self.tools.limit(split))
+        seq = datamodule.loader(split, model.image_size, limit_batches=self.tools.limit(split), augment=False)
         out = model.compose(base_training=None).predict(seq, verbose=0, callbacks=self.tools.callbacks("predict"))
         out = np.asarray(out, np.float32)
         return np.asarray(keras.ops.softmax(out, axis=-1)) if model.from_logits else out

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from kbench.recipes import make_optimizer
 from kbench.trainer.callbacks import GuardCallback, RichProgressBar, SignalGuard
+from kbench.trainer.targets import loss_and_metrics
 
 
 @dataclass
@@ -54,13 +55,16 @@ class LoopTools:
         return [*bar, GuardCallback(self.guard)]
 
     def compile(self, net: keras.Model, from_logits: bool, learning_rate, optimizer: str = "adam",
-                weight_decay: float = 0.0, momentum: float = 0.9, **options) -> None:
+                weight_decay: float = 0.0, momentum: float = 0.9, label_smoothing: float = 0.0,
+                soft_targets: bool = False, **options) -> None:
         """Compile ``net`` with a fresh optimizer (see :func:`kbench.recipes.make_optimizer`;
         ``learning_rate`` a float or a schedule, ``options`` its keyword-only settings),
-        sparse categorical cross-entropy and top-1 accuracy."""
+        sparse categorical cross-entropy and top-1 accuracy; with ``label_smoothing`` or
+        ``soft_targets`` (mixed training targets) the loss and accuracy that take int labels
+        and soft targets alike (:func:`kbench.trainer.targets.loss_and_metrics`)."""
+        loss, metrics = loss_and_metrics(from_logits, label_smoothing, soft_targets)
         net.compile(optimizer=make_optimizer(optimizer, learning_rate, weight_decay, momentum, **options),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-                    metrics=["accuracy"], jit_compile=self.jit_compile)
+                    loss=loss, metrics=metrics, jit_compile=self.jit_compile)
 
     def log(self, msg: str) -> None:
         """Print ``msg`` (rich markup) on the console."""

@@ -262,7 +262,8 @@ def run_sweep(pr: PhaseRun, out_dir: str, stem: str, steps: int | None = None, s
     steps = steps or recipe.lr_find_steps
 
     def compile_fn(net, schedule):
-        tools.compile(net, pr.run.model.from_logits, schedule, recipe.optimizer, recipe.weight_decay, recipe.momentum)
+        tools.compile(net, pr.run.model.from_logits, schedule, recipe.optimizer, recipe.weight_decay, recipe.momentum,
+                      label_smoothing=recipe.label_smoothing, soft_targets=recipe.mixes)
 
     lrs, losses, smoothed, diverged = sweep(pr.net, pr.train_seq, compile_fn, pr.run.e2e.variables, steps,
                                             start_lr, end_lr, check=tools.guard.check)

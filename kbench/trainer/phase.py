@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from kbench import backend
-from kbench.data import BatchSequence
+from kbench.data import BatchSequence, TwoViewSequence
 from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, first_trainable_index, snapshot_frozen
 from kbench.recipes.freezing import training_bn_layers
 from kbench.recipes.layerwise import describe, layer_multipliers, variable_multiplier
@@ -130,15 +130,28 @@ class PhaseRun:
             self.net = run.model.split(cut)[1]
             train = BatchSequence(train_x, cache.labels("train"), dm.batch_size, None, shuffle=True, seed=dm.seed,
                                   limit_batches=limit("train"))
+            if dm.augment:  # a flip alone (other augmentation rules the cache out): two views
+                train = self._two_views(train_x, train)
             val = (BatchSequence(val_x, cache.labels("val"), dm.batch_size, None, limit_batches=limit("val"))
                    if val_x is not None else None)
         else:
             self.net = e2e
-            train = dm.loader("train", run.model.image_size, shuffle=True, limit_batches=limit("train"))
+            train = dm.loader("train", run.model.image_size, shuffle=True, limit_batches=limit("train"),
+                              targets=run.recipe.targets)
             val = dm.loader("val", run.model.image_size, limit_batches=limit("val")) if len(dm.val) else None
         train.epoch = self.entry_epoch
         self.train_seq = train
         return train, val
+
+    def _two_views(self, plain, seq: BatchSequence) -> TwoViewSequence:
+        """The two-view flip cache's training sequence over ``plain`` and its mirrored
+        features (computed now if needed; logs their size)."""
+        cache, cut = self.run.cache, self.plan.cut
+        mirrored = cache.get("train", cut, mirror=True)
+        self.tools.log(f"  two-view flip cache at {cut!r}: {len(plain)} training images x 2 views, "
+                       f"{(plain.nbytes + mirrored.nbytes) / 2**20:.1f} MiB (one view {plain.nbytes / 2**20:.1f} MiB)")
+        return TwoViewSequence((plain, mirrored), seq.y, seq.batch_size, shuffle=True, seed=seq.seed,
+                               limit_batches=self.tools.limit("train"))
 
     def _compile(self) -> None:
         """A fresh optimizer (the phase's learning-rate schedule, layer-wise multipliers,
@@ -148,7 +161,8 @@ class PhaseRun:
         lr = phase_learning_rate(plan.phase, self.learning_rate, plan.updates, plan.warmup, recipe.accumulate_steps)
         self.tools.compile(self.net, self.run.model.from_logits, lr, recipe.optimizer, recipe.weight_decay,
                            recipe.momentum, clip_norm=recipe.clip_norm, accumulate_steps=recipe.accumulate_steps,
-                           ema=recipe.ema, multiplier=self._multiplier())
+                           ema=recipe.ema, multiplier=self._multiplier(), label_smoothing=recipe.label_smoothing,
+                           soft_targets=recipe.mixes)
         extras = [f"gradient accumulation {recipe.accumulate_steps} (effective batch size "
                   f"{self.run.datamodule.batch_size * recipe.accumulate_steps})" if recipe.accumulate_steps > 1 else "",
                   f"global-norm clipping at {recipe.clip_norm:g}" if recipe.clip_norm else "",
@@ -276,7 +290,9 @@ class PhaseRun:
             plan.updates, "warmup_updates": plan.warmup, "layer_multipliers": self.multipliers or None,
             "effective_batch_size": self.run.datamodule.batch_size * self.run.recipe.accumulate_steps,
             "trainable_params": counts[0],
-            "non_trainable_params": counts[1], "cache_cut": plan.cut, "wall_time_s": wall_s, "fit_time_s": fit_s,
+            "non_trainable_params": counts[1], "cache_cut": plan.cut,
+            "cache_views": (2 if self.run.datamodule.augment else 1) if plan.cut else None,
+            "wall_time_s": wall_s, "fit_time_s": fit_s,
             "cache_time_s": cache_s if plan.cut else 0.0,
             "train_images_per_s": meter.images_per_s, "first_steps_s": meter.first_steps_s,
             "step_time_ms_p50": float(np.percentile(steps, 50) * 1e3) if steps else None,

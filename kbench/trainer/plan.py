@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kbench.data.augment_policy import cache_off_reason
 from kbench.recipes import Phase, cache_cut, first_trainable_index, training_mode_layers
 from kbench.recipes.policy import schedule_updates
 from kbench.trainer.state import FitRun, ResumePoint
@@ -63,13 +64,21 @@ def phase_epochs(phases: list[Phase], max_epochs: int | None, fast_dev_run: bool
     return out
 
 
+def augmentation_blocks_cache(run: FitRun) -> str | None:
+    """Why the run's augmentation rules the frozen-prefix cache out (None: it does not;
+    a flip alone is cached as two views): see :func:`kbench.data.augment_policy.cache_off_reason`."""
+    return cache_off_reason(getattr(run.datamodule, "image_ops", {"augment": run.datamodule.augment}),
+                            run.recipe.targets)
+
+
 def cut_for(run: FitRun, phase: Phase) -> str | None:
     """The frozen-prefix cache cut of ``phase``: the deepest bottleneck below its
-    lowest trainable layer (None: recipe cache ``off``, augmentation, your own pipelines, or a backbone
+    lowest trainable layer (None: recipe cache ``off``, an augmentation other than a
+    flip alone (:func:`augmentation_blocks_cache`), your own pipelines, or a backbone
     not in inference mode (``bn: train``) with a layer below the cut that behaves
     differently in training mode, such as Dropout: see
     :func:`~kbench.recipes.training_mode_layers`)."""
-    if run.recipe.cache == "off" or run.datamodule.augment or not run.datamodule.deterministic:
+    if run.recipe.cache == "off" or not run.datamodule.deterministic or augmentation_blocks_cache(run):
         return None
     base = run.model.base
     cut = cache_cut(base, first_trainable_index(base, phase.train_base))
@@ -91,12 +100,13 @@ def check_schedules(recipe, train_batches: int, max_epochs: int | None, fast_dev
 
 
 def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,
-                fast_dev_run: bool, train_batches: int = 1) -> list[PhasePlan]:
+                fast_dev_run: bool, train_batches: int = 1, log=None) -> list[PhasePlan]:
     """One :class:`PhasePlan` per phase of ``run.recipe`` (a phase with 0 epochs gets
     no cut); declares the cuts to ``run.cache``.
 
     Args:
         train_batches: training batches per epoch (after ``limit_train_batches``).
+        log: where to say why augmentation switched the cache off (``recipe.cache: auto``).
 
     Raises:
         KbenchError: a phase's warm-up is not shorter than the phase (before any training).
@@ -108,7 +118,10 @@ def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,
                                   if n else (0, 0))))
              for i, (phase, n) in enumerate(zip(run.recipe.phases, epochs))]
     run.cache.plan([p.cut for p in plans if p.cut])
+    reason = augmentation_blocks_cache(run) if run.recipe.cache == "auto" else None
+    if reason and log:
+        log(f"[yellow]{reason}")
     return plans
 
 
-__all__ = ["PhasePlan", "check_schedules", "cut_for", "phase_epochs", "plan_phases"]
+__all__ = ["PhasePlan", "augmentation_blocks_cache", "check_schedules", "cut_for", "phase_epochs", "plan_phases"]

@@ -157,13 +157,10 @@ class Trainer:
             ckpt_path: str | None = None) -> dict:
         """Train ``model`` with ``recipe``, then test it and write the run folder.
 
-        ``datamodule``: a :class:`~kbench.data.DataModule` (also from
-        :func:`kbench.data.from_arrays` / :func:`~kbench.data.from_pipelines`), or
-        directly NumPy arrays ``(x, y)``, a ``keras.utils.PyDataset``, a
-        ``tf.data.Dataset`` or a torch ``DataLoader`` (wrapped with the model's classes:
-        :func:`kbench.data.external.as_datamodule`). Class weights
-        (``datamodule.class_weight``) weight the training loss only; validation and
-        test losses are unweighted.
+        ``datamodule``: a :class:`~kbench.data.DataModule` (e.g. from ``kbench.data.from_arrays``
+        / ``from_pipelines``), or NumPy ``(x, y)``, a PyDataset, a tf.data.Dataset or a torch
+        DataLoader (:func:`kbench.data.external.as_datamodule`). Class weights weight the
+        training loss only.
 
         Writes ``config.yaml`` (when ``config`` is given), ``metrics.csv``,
         ``checkpoints/``, ``results.json`` and ``model.keras`` into :attr:`run_dir` (and the
@@ -193,7 +190,8 @@ class Trainer:
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
         run.tracking = Tracking(self.loggers, run.run_dir, config, self.state.step if resume else None, self.tools.log)
-        plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run, self._train_batches(model, datamodule))
+        plans = plan_phases(run, resume, self.max_epochs, self.fast_dev_run, self._train_batches(model, datamodule),
+                            self.tools.log)
         run.averaging = Averaging(recipe, plans, self.tools.log)
         if resume:
             run.averaging.resume(resume.ckpt, resume.saved)
@@ -219,7 +217,7 @@ class Trainer:
         Raises:
             KbenchError: names the phase and the bad value (or the bad data).
         """
-        prepare_data(datamodule, model.image_size, model.num_classes)
+        prepare_data(datamodule, model.image_size, model.num_classes, recipe.mixes)
         check_train_layers(model.base, recipe.phases)
         check_lr_mult([la.name for la in model.base.layers], [la.name for la in model.head], recipe.phases,
                       model.spec.name)
@@ -313,6 +311,7 @@ class Trainer:
                                             "best_monitor_value": tracker.best_value,
                                             "resumed_from": os.path.basename(resume.ckpt) if resume else None,
                                             "class_weight": run.datamodule.class_weights(),
+                                            "cache_memory_mb": run.cache.peak_mb,
                                             **run.averaging.results(outcome["swa"])})
         run.tracking.finish(self.results, self.state.epoch, [os.path.join(run.run_dir, "results.json"), model_path])
         self.tools.console.print(summary_table(self.results, self.history))
