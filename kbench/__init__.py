@@ -5,6 +5,7 @@ first ``import keras`` and stays fixed for the whole process.
 """
 
 import os as _os
+from importlib.util import find_spec as _find_spec
 
 # Must be set before jax / tensorflow are first imported (by ``import keras``).
 _os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -21,13 +22,20 @@ PRECISION_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_f
 def check_backend_env() -> str | None:
     """The problem with ``KERAS_BACKEND``, if any, as one message (no keras import).
 
-    Returns ``None`` when it is unset (keras then uses its default) or one of
-    :data:`BACKENDS`; else a message naming the bad value and the valid ones.
+    Returns ``None`` when it is one of :data:`BACKENDS` (unset: keras's default,
+    ``tensorflow``) and that package is installed (looked up, not imported); else a
+    message naming the bad value or the missing package and what to do.
     """
     value = _os.environ.get("KERAS_BACKEND")
-    if value is None or value in BACKENDS:
-        return None
-    return f"KERAS_BACKEND={value!r} is not a backend kbench runs on; set it to one of: {', '.join(BACKENDS)}"
+    if value is not None and value not in BACKENDS:
+        return f"KERAS_BACKEND={value!r} is not a backend kbench runs on; set it to one of: {', '.join(BACKENDS)}"
+    name = value or "tensorflow"  # keras's default when unset
+    if _find_spec(name) is None:
+        have = [b for b in BACKENDS if _find_spec(b) is not None]
+        return (f"KERAS_BACKEND={name}{'' if value else ' (keras default when unset)'} but the {name} package is not "
+                f"installed: pip install -e '.[{name}]', or set KERAS_BACKEND to an installed backend"
+                + (f" ({', '.join(have)})" if have else ""))
+    return None
 
 
 class KbenchError(Exception):

@@ -21,7 +21,7 @@ import sys
 
 import kbench
 from kbench.config import RunConfig, parse
-from kbench.run import build_parts, check_writable, console
+from kbench.run import build_parts, check_writable, console, escape
 
 PROG = "python -m kbench.lr_find"
 OWN_FLAGS = {"--phase": "phase to sweep (a phase name; default: the first phase with epochs > 0)",
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             raise kbench.KbenchError(bad_backend)
         own, rest = split_args(argv)
     except kbench.KbenchError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
     if "-h" in rest or "--help" in rest:
         print(f"usage: {PROG} --config FILE [overrides] [--phase NAME] [--out DIR]\n"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, name = find(cfg, own.get("phase"), own.get("out"))
     except kbench.KbenchError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)

@@ -14,6 +14,7 @@ import sys
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 import kbench
 from kbench.config import RunConfig, parse
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Console entry point; returns the exit status (see the module docstring)."""
     bad_backend = kbench.check_backend_env()
     if bad_backend:
-        console.print(f"[bold red]error:[/] {bad_backend}")
+        console.print(f"[bold red]error:[/] {escape(bad_backend)}")
         return 2
     cfg = parse(argv)
     if cfg.resume and _already_completed(cfg.resume):
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     try:
         results = run(cfg, callbacks)
     except kbench.KbenchError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
     except KeyboardInterrupt as e:  # TrainingInterrupted carries the signal; a second Ctrl-C does not
         signum = getattr(e, "signum", signal.SIGINT)

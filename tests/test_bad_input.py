@@ -502,3 +502,26 @@ def test_folder_with_every_bad_file_kind_trains(cifar_dir, tmp_path, capsys):
     for p in bad:
         assert _has(text, str(p)), p
     assert not (tmp_path / "strict_runs").exists()
+
+
+def test_backend_env_names_a_missing_backend_package(monkeypatch):
+    """KERAS_BACKEND unset (keras's default: tensorflow) or set to a backend whose package is
+    not installed: one message naming it and the install / switch to do (looked up, never imported)."""
+    import kbench
+
+    real = kbench._find_spec
+    monkeypatch.setattr(kbench, "_find_spec", lambda name: None if name == "tensorflow" else real(name))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    msg = kbench.check_backend_env()
+    assert msg.startswith("KERAS_BACKEND=tensorflow (keras default when unset) but the tensorflow package is not "
+                          "installed: pip install -e '.[tensorflow]'")
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert "the tensorflow package is not installed" in kbench.check_backend_env()
+    monkeypatch.setenv("KERAS_BACKEND", "nosuch")
+    assert kbench.check_backend_env() == ("KERAS_BACKEND='nosuch' is not a backend kbench runs on; set it to one of: "
+                                          "jax, tensorflow, torch")
+    import keras
+
+    monkeypatch.setattr(kbench, "_find_spec", real)
+    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())  # this session's backend: installed
+    assert kbench.check_backend_env() is None

@@ -249,6 +249,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (0 ok, 1 some measurement failed, 2 bad input)."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"report rebuilt: {paths['md']}")
             return 0 if all(r.get("status") == "ok" for r in data["rows"]) else 1
     except KbenchError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return 2
     out_dir = args.output or f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     try:

@@ -126,7 +126,7 @@ def cache_off_reason(image_ops: dict, target_ops: dict) -> str | None:
         return None
     return ("frozen-prefix cache off: " + ", ".join(f"{'data' if k in IMAGE_OPS else 'recipe'}.{k}"
                                                     for k in others + mixing)
-            + " change the input images every epoch (only a flip has a cached two-view form)")
+            + ": they change the input images every epoch (only a flip has a cached two-view form)")
 
 
 __all__ = ["IMAGE_OPS", "SWITCH_PROB", "TARGET_OPS", "active_image_ops", "cache_off_reason", "check_image_ops",
