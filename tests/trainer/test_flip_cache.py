@@ -106,6 +106,7 @@ def test_mixup_label_smoothing_randaugment_fit_end_to_end(cifar_dir, tmp_path):
     assert loaded.output.shape[-1] == 10
 
 
+@pytest.mark.slow  # CI time (~30 s per backend); run with -m slow
 def test_two_view_cache_trains_the_same_model_as_uncached_flips(cifar_dir, vgg16_weights, tmp_path):
     """Same seed, flips on: the two-view cache serves the features of exactly the images the
     uncached path flips, so both paths train the same head (label smoothing on in both)."""
