@@ -11,6 +11,10 @@ from importlib.util import find_spec as _find_spec
 _os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kbench import xla as _xla  # noqa: E402 - XLA_FLAGS for JAX on a CPU, also before jax is imported
+
+_xla.apply_cpu_flags()
+
 __version__ = "0.1.0"
 BACKENDS = ("jax", "tensorflow", "torch")
 # Keras dtype policies kbench runs (``auto`` resolves to one of the others per device:

@@ -220,7 +220,7 @@ def combos(args) -> list[dict]:
 def run_worker(args) -> int:
     """Worker entry point: measure every combination on the active backend, appending JSON lines
     (``{"record": "env", ...}`` once, then ``{"record": "row", ...}`` per measurement) to ``args.rows_file``."""
-    from kbench import backend, perf
+    from kbench import backend, perf, xla
 
     backend.prepare_environment()
     out = open(args.rows_file, "a")  # noqa: SIM115 - kept open for the whole worker
@@ -242,7 +242,7 @@ def run_worker(args) -> int:
             except Exception as e:  # noqa: BLE001 - MFU is optional; the bench goes on
                 peak_info[dtype] = {"error": f"{type(e).__name__}: {e}"}
     emit({"record": "env", "backend": backend.name(), "device": backend.device(), "versions": backend.versions(),
-          "peaks": peak_info})
+          "peaks": peak_info, "xla_flags": xla.record()})
     failed = 0
     for m in args.models:
         for s in args.image_size:

@@ -15,7 +15,7 @@ import warnings
 import keras
 from keras import layers
 
-from kbench import KbenchError
+from kbench import KbenchError, backend  # noqa: F401 - backend: JAX-on-CPU kernels (kbench.backend.use_fast_cpu_kernels)
 from kbench.models.heads import HEADS, build_head  # noqa: F401  (re-exported)
 from kbench.models.layers import ClassNames, Preprocess  # noqa: F401  (re-exported)
 from kbench.models.registry import (  # noqa: F401  (re-exported)

@@ -13,7 +13,7 @@ import time
 
 from rich.table import Table
 
-from kbench import KbenchError, __version__, backend
+from kbench import KbenchError, __version__, backend, xla
 from kbench.subproc import write_json
 
 RESULTS_FORMAT = 1
@@ -61,6 +61,7 @@ def write_results(run_dir: str, *, model, datamodule, recipe, trainer, phases: l
         "backend": backend.name(),
         "versions": backend.versions(),
         "device": backend.device(),
+        "xla_flags": xla.record(),
         "precision": trainer.precision,
         "precision_requested": trainer.precision_requested,
         "seed": trainer.seed,
@@ -100,7 +101,8 @@ def write_status(run_dir: str, status: str, **fields) -> dict:
     (epoch, step, error message, checkpoint paths, metric history)."""
     results = {"format": RESULTS_FORMAT, "kbench_version": __version__,
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": status,
-               "backend": backend.name(), "versions": backend.versions(), "device": backend.device(), **fields}
+               "backend": backend.name(), "versions": backend.versions(), "device": backend.device(),
+               "xla_flags": xla.record(), **fields}
     write_json(os.path.join(run_dir, "results.json"), results, indent=2)
     return results
 

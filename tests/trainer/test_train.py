@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 
+from kbench import xla
 from kbench.config import parse
 from kbench.run import run
 
@@ -33,6 +35,10 @@ def _check_run_dir(results, tmp_path, n_epochs):
     assert stored["test_accuracy"] == results["test_accuracy"] and 0.0 <= stored["test_accuracy"] <= 1.0
     assert stored["num_test"] == 100 and stored["test_images"] == 100
     assert stored["class_names"][0] == "airplane" and stored["backend"] == keras.backend.backend()
+    # kbench's XLA:CPU flags (tests/test_xla.py): what this process set, none off JAX
+    assert stored["xla_flags"] == xla.record() and stored["xla_flags"]["XLA_FLAGS"] == os.environ.get("XLA_FLAGS")
+    if keras.backend.backend() != "jax":
+        assert stored["xla_flags"]["set_by_kbench"] == []
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == list(range(1, n_epochs + 1))
