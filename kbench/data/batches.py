@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -29,7 +30,7 @@ from kbench.data.augment import Augmenter, flip_mask
 PREFETCH_BATCHES = 2
 #: Threads that build prefetched batches (OpenCV and NumPy release the GIL).
 PREFETCH_WORKERS = 2
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def resize_batch(images, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -51,11 +52,12 @@ def resize_batch(images, size: int, interpolation: int = cv2.INTER_LINEAR) -> np
 
 
 def _prefetcher() -> ThreadPoolExecutor:
-    """The threads that build image batches ahead (:data:`PREFETCH_WORKERS`, made once)."""
+    """The threads that build image batches ahead (:data:`PREFETCH_WORKERS`, made once per
+    process: a forked child, which has none of its parent's threads, makes its own)."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="kbench-prefetch")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="kbench-prefetch"))
+    return _POOL[1]
 
 
 def count_batches(n: int, batch_size: int, limit_batches: int | float | None = None) -> int:
