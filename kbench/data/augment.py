@@ -19,11 +19,17 @@ generators differ from each other).
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import numpy as np
 
 from kbench import KbenchError
 from kbench.data.augment_policy import IMAGE_OPS, SWITCH_PROB, TARGET_OPS, check_image_ops, check_target_ops
+
+#: Serialises the keras-layer ops of every :class:`Augmenter` (batches may be built in
+#: prefetch threads, :data:`kbench.data.batches.PREFETCH_WORKERS`).
+_LAYER_LOCK = threading.RLock()
 
 
 def flip_mask(seed: int, epoch: int, batch: int, n: int) -> np.ndarray:
@@ -117,13 +123,17 @@ class Augmenter:
         rng = np.random.default_rng([*key, 1])
         if self.crop_padding:
             x = pad_crop(x, self.crop_padding, rng)
-        for name in ("translate", "randaugment"):
-            if getattr(self, name):
-                layer = self._layer(name)
-                _seeded(layer, int(rng.integers(1, 2**31 - 1)))
-                x = layer(x, training=True)
-        if self.mixes:
-            x, y = self._mix(x, y, rng)
+        if not (self.translate or self.randaugment or self.mixes):  # NumPy moves only
+            x = np.asarray(x, np.float32)
+            return np.clip(x, 0, 255, out=x), y
+        with _LAYER_LOCK:  # keras layers keep their seed in a variable: one batch at a time
+            for name in ("translate", "randaugment"):
+                if getattr(self, name):
+                    layer = self._layer(name)
+                    _seeded(layer, int(rng.integers(1, 2**31 - 1)))
+                    x = layer(x, training=True)
+            if self.mixes:
+                x, y = self._mix(x, y, rng)
         x = np.asarray(keras.ops.convert_to_numpy(x), np.float32)
         return np.clip(x, 0, 255, out=x), y  # interpolation / blending round-off
 

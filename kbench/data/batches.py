@@ -5,12 +5,19 @@ Images are held once as ``uint8`` RGB at their stored size; each batch is resize
 the fly to the model's input size, so no resized float copy of a whole data set ever
 exists. The trainer also feeds cached frozen-prefix features through
 :class:`BatchSequence` (``image_size=None``).
+
+Prefetch: while keras runs a step on image batch ``i``, batches ``i+1 ..
+i+PREFETCH_BATCHES`` are resized and augmented in background threads. Every batch is a
+function of ``(seed, epoch, batch index)`` only, so the pixels, labels and order are
+those of building each batch on demand (``PREFETCH_BATCHES = 0``).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import keras
@@ -18,13 +25,39 @@ import numpy as np
 
 from kbench.data.augment import Augmenter, flip_mask
 
+#: Image batches built ahead, in background threads, while the model runs on the current
+#: one (0: build each batch when keras asks for it). Cached features are never prefetched.
+PREFETCH_BATCHES = 2
+#: Threads that build prefetched batches (OpenCV and NumPy release the GIL).
+PREFETCH_WORKERS = 2
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
 
 def resize_batch(images, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    """Resize ``uint8`` RGB images to ``(b, size, size, 3)`` ``float32`` in [0, 255] with OpenCV."""
-    out = np.empty((len(images), size, size, 3), np.float32)
+    """Resize ``uint8`` RGB images to ``(b, size, size, 3)`` ``float32`` in [0, 255] with OpenCV.
+
+    ``images``: a ``uint8 (b, h, w, 3)`` array or a list of ``(h_i, w_i, 3)`` arrays. Each
+    image is resized into a ``uint8`` buffer, then the batch is converted once (the same
+    pixels as converting image by image); images already ``size`` x ``size`` are copied.
+    """
+    if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
+        return images.astype(np.float32)
+    out = np.empty((len(images), size, size, 3), np.uint8)
     for i, im in enumerate(images):
-        out[i] = im if im.shape[:2] == (size, size) else cv2.resize(im, (size, size), interpolation=interpolation)
-    return out
+        if im.shape[:2] == (size, size):
+            out[i] = im
+        else:
+            out[i] = cv2.resize(im, (size, size), interpolation=interpolation)
+    return out.astype(np.float32)
+
+
+def _prefetcher() -> ThreadPoolExecutor:
+    """The threads that build image batches ahead (:data:`PREFETCH_WORKERS`, made once per
+    process: a forked child, which has none of its parent's threads, makes its own)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=PREFETCH_WORKERS, thread_name_prefix="kbench-prefetch"))
+    return _POOL[1]
 
 
 def count_batches(n: int, batch_size: int, limit_batches: int | float | None = None) -> int:
@@ -51,7 +84,8 @@ class BatchSequence(keras.utils.PyDataset):
     :class:`~kbench.data.augment.Augmenter`, applied once per image batch with the key
     ``(seed, epoch, batch index)``.
 
-    ``limit_batches``: int = number of batches, float = fraction of them.
+    ``limit_batches``: int = number of batches, float = fraction of them. Image batches
+    are built ahead in threads (:data:`PREFETCH_BATCHES`, same results).
     :meth:`tail` serves only an epoch's last batches (resuming inside an epoch).
     """
 
@@ -65,6 +99,7 @@ class BatchSequence(keras.utils.PyDataset):
         self.n_batches = count_batches(len(y), batch_size, limit_batches)
         self.epoch = 0
         self.offset = 0
+        self._pending: dict = {}  # (epoch, served batch) -> Future of a batch built ahead
 
     def tail(self, start: int) -> "BatchSequence":
         """A copy that serves batches ``start..`` of this epoch's order (same
@@ -77,7 +112,7 @@ class BatchSequence(keras.utils.PyDataset):
         if not 0 <= start < self.n_batches - self.offset:
             raise ValueError(f"tail start {start} outside [0, {self.n_batches - self.offset})")
         out = copy.copy(self)
-        out.offset, out._order = self.offset + start, None
+        out.offset, out._order, out._pending = self.offset + start, None, {}
         return out
 
     def batch_sizes(self) -> list[int]:
@@ -97,6 +132,9 @@ class BatchSequence(keras.utils.PyDataset):
     def on_epoch_end(self):
         self.epoch += 1
         self._order = None
+        for ready in self._pending.values():
+            ready.cancel()
+        self._pending = {}
 
     def __len__(self) -> int:
         return self.n_batches - self.offset
@@ -111,14 +149,34 @@ class BatchSequence(keras.utils.PyDataset):
             order = self._order = self.order()
         return i, order[i * self.batch_size:(i + 1) * self.batch_size]
 
+    def _build(self, i: int, idx: np.ndarray, epoch: int):
+        """Image batch ``i`` of ``epoch`` (samples ``idx``), resized and augmented; reads no
+        mutable state of the sequence, so prefetch threads may run it."""
+        images = self.x[idx] if isinstance(self.x, np.ndarray) else [self.x[j] for j in idx]
+        xb = resize_batch(images, self.image_size, self.interpolation)
+        if self.augment:
+            return self.augment(xb, self.y[idx], (self.seed, epoch, i))
+        return xb, self.y[idx]
+
     def __getitem__(self, i: int):
-        i, idx = self.indices(i)
+        j, idx = self.indices(i)
         if self.image_size is None:
             return self.x[idx], self.y[idx]
-        xb = resize_batch([self.x[j] for j in idx], self.image_size, self.interpolation)
-        if self.augment:
-            return self.augment(xb, self.y[idx], (self.seed, self.epoch, i))
-        return xb, self.y[idx]
+        if not PREFETCH_BATCHES:
+            return self._build(j, idx, self.epoch)
+        return self._prefetched(i, j, idx)
+
+    def _prefetched(self, i: int, j: int, idx: np.ndarray):
+        """Served batch ``i`` (epoch batch ``j``, samples ``idx``) from the batches built
+        ahead (built now if it is not there), after queueing the next :data:`PREFETCH_BATCHES`."""
+        pending, epoch = self._pending, self.epoch
+        for key in [k for k in pending if k[0] != epoch or k[1] < i]:  # another epoch, or skipped
+            pending.pop(key).cancel()
+        ready = pending.pop((epoch, i), None)
+        for k in range(i + 1, min(i + 1 + PREFETCH_BATCHES, len(self))):
+            if (epoch, k) not in pending:
+                pending[(epoch, k)] = _prefetcher().submit(self._build, *self.indices(k), epoch)
+        return ready.result() if ready is not None else self._build(j, idx, epoch)
 
 
 class TwoViewSequence(BatchSequence):

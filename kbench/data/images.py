@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kbench import KbenchError
+from kbench.progress import LineProgress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 #: Names (lower case) of operating-system files and folders that are never data.
@@ -49,6 +50,8 @@ _MAGIC = [(b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", 
           (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")]
 _EXT_KIND = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF",
              ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+#: Files per thread task in :func:`decode_all`.
+DECODE_CHUNK = 64
 
 
 @dataclass
@@ -139,17 +142,25 @@ def decode_image(path: str) -> Decoded:
     return Decoded(to_rgb(img), None, note)
 
 
+def _decode_chunk(files: list[str]) -> list[Decoded]:
+    return [decode_image(f) for f in files]
+
+
 def decode_all(files: list[str], where: str, progress: bool = True) -> list[Decoded]:
     """:func:`decode_image` for each of ``files`` (in threads), in the same order.
 
-    ``where``: the folder being decoded, for the progress messages. ``progress``:
-    report on stderr; when stderr is a terminal, a transient rich bar (the folder's
-    name, files done / total, elapsed and remaining time), else one line at the
-    start (``decoding N images from WHERE ...``) and one at the end with the time
-    taken, nothing per file. False: print nothing.
+    Files go to the threads in chunks of :data:`DECODE_CHUNK` (one task per file cost
+    more than decoding a small JPEG). ``where``: the folder being decoded, for the
+    progress messages. ``progress``: report on stderr; when stderr is a terminal, a
+    transient rich bar (the folder's name, files done / total, elapsed and remaining
+    time), else one line at the start (``decoding N images from WHERE ...``), a
+    :class:`~kbench.progress.LineProgress` line about every 10 s for long folders
+    (done / total, images/s, elapsed, eta) and one line at the end with the time taken.
+    False: print nothing.
     """
+    chunks = [files[i:i + DECODE_CHUNK] for i in range(0, len(files), DECODE_CHUNK)]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = pool.map(decode_image, files, chunksize=256)
+        decoded = (d for part in pool.map(_decode_chunk, chunks) for d in part)
         return list(_reporting(decoded, len(files), where) if progress else decoded)
 
 
@@ -167,9 +178,13 @@ def _reporting(decoded, total: int, where: str):
         return
     print(f"decoding {total} images from {where} ...", file=sys.stderr, flush=True)
     start, unusable = time.perf_counter(), 0
-    for d in decoded:
+    lines = LineProgress(f"decoding {where}", total)
+    for done, d in enumerate(decoded, 1):
         unusable += d.image is None
+        if done % DECODE_CHUNK == 0 or done == total:
+            lines.update(done)
         yield d
+    lines.finish()
     extra = f" ({unusable} not usable)" if unusable else ""
     print(f"decoded {total} images from {where} in {time.perf_counter() - start:.1f} s{extra}",
           file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ import numpy as np
 
 from kbench.data import BatchSequence, DataModule
 from kbench.models import TransferModel
+from kbench.trainer.callbacks import LineProgressCallback
 from kbench.trainer.loop import LoopTools
 
 
@@ -36,6 +37,10 @@ class Mirrored(keras.utils.PyDataset):
 
     def __len__(self) -> int:
         return len(self.seq)
+
+    def batch_sizes(self) -> list[int]:
+        """Samples in each batch (those of ``seq``)."""
+        return self.seq.batch_sizes()
 
     def __getitem__(self, i: int):
         x, y = self.seq[i]
@@ -101,7 +106,10 @@ class FeatureCache:
             src = self._get(split, root, mirror)
             prefix = keras.Model(self.tm.base.get_layer(root).output, self.tm.base.get_layer(cut).output)
             seq = BatchSequence(src, np.zeros(len(src), np.int32), self.dm.batch_size, None)
-        bar = self.tools.callbacks(f"cache {cut} ({split}{', mirrored' if mirror else ''})")
+        what = f"cache {cut} ({split}{', mirrored' if mirror else ''})"
+        bar = self.tools.callbacks(what)
+        if self.tools.enable_progress_bar and not self.tools.console.is_terminal:
+            bar.append(LineProgressCallback(what, seq.batch_sizes()))  # plain lines in logs and pipes
         feats = prefix.predict(seq, verbose=0, callbacks=bar)
         self.store[key] = np.asarray(feats, dtype=np.float32)
         return self.store[key]

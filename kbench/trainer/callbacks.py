@@ -1,4 +1,5 @@
-"""Keras callbacks used by the trainer: rich progress bar, per-epoch metrics CSV
+"""Keras callbacks used by the trainer: rich progress bar (plain lines for predict
+when not on a terminal), per-epoch metrics CSV
 with throughput, a global step limit, and the guard that stops a run cleanly on
 SIGINT/SIGTERM or a non-finite loss.
 
@@ -27,6 +28,7 @@ from rich.progress import (
 )
 
 from kbench import backend
+from kbench.progress import LineProgress
 
 CSV_FIELDS = ["phase", "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy",
               "learning_rate", "images_per_s", "epoch_time_s"]
@@ -108,6 +110,34 @@ class RichProgressBar(keras.callbacks.Callback):
 
     def on_predict_end(self, logs=None):
         self._stop()
+
+
+class LineProgressCallback(keras.callbacks.Callback):
+    """Plain progress lines during ``Model.predict`` (:class:`kbench.progress.LineProgress`:
+    about one every 10 s on stderr, none for a predict shorter than that), for output
+    that is not a terminal, where :class:`RichProgressBar` shows nothing.
+
+    Args:
+        description: what is computed, e.g. ``"cache block5_pool (train)"``.
+        sizes: samples in each batch, in order (``BatchSequence.batch_sizes()``).
+    """
+
+    def __init__(self, description: str, sizes: list[int]):
+        super().__init__()
+        self.description, self.sizes = description, list(sizes)
+        self.lines = None
+        self.done = 0
+
+    def on_predict_begin(self, logs=None):
+        self.done = 0
+        self.lines = LineProgress(self.description, sum(self.sizes))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.done += self.sizes[batch] if batch < len(self.sizes) else 0
+        self.lines.update(self.done)
+
+    def on_predict_end(self, logs=None):
+        self.lines.finish()
 
 
 class ThroughputMeter(keras.callbacks.Callback):
