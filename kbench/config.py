@@ -231,6 +231,7 @@ class TrainerConfig:
         checkpoint_every_n_steps: also checkpoint every N optimizer steps inside an epoch (null = only after each
             epoch and at Ctrl-C); --resume from one continues exactly at that step.
         loggers: experiment trackers (csv is always on; see kbench.trainer.tracking).
+        profile: true = where the time goes in results.json; trace = also the backend's trace (kbench.trainer.profile).
     """
 
     max_epochs: Optional[int] = None
@@ -253,6 +254,7 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     checkpoint_every_n_steps: Optional[int] = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["csv"])
+    profile: Union[bool, Literal["trace"]] = False
 
 
 @dataclass
@@ -291,7 +293,8 @@ def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
 
 # Keys that may differ between a run and its --resume (they do not change results).
 RESUME_MAY_DIFFER = {"trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.name",
-                     "trainer.inference_batches", "trainer.checkpoint_every_n_steps", "trainer.loggers"}
+                     "trainer.inference_batches", "trainer.checkpoint_every_n_steps", "trainer.loggers",
+                     "trainer.profile"}
 
 
 def _fail(msg: str, prog: str = "python -m kbench.run"):
