@@ -22,7 +22,7 @@ from typing import Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-from kbench import PRECISIONS, KbenchError
+from kbench import PRECISIONS, PROFILE_MODES, KbenchError
 from kbench.config_errors import error_message
 from kbench.data.augment_policy import IMAGE_OPS, TARGET_OPS
 from kbench.data.sources import INTERPOLATIONS, SOURCES
@@ -51,12 +51,14 @@ BnMode = Literal[tuple(BN_MODES)]
 PrecisionName = Literal[tuple(PRECISIONS)]
 MonitorName = Literal[tuple(MONITORS)]
 LoggerName = Literal[tuple(LOGGERS)]
+ProfileMode = Union[bool, Literal[tuple(m for m in PROFILE_MODES if isinstance(m, str))]]
 # Which config key takes its values from which registry (tests/test_config.py checks them).
 CHOICES = {"model.backbone": BackboneName, "data.source": SourceName, "data.interpolation": InterpolationName,
            "model.head": HeadName, "model.preprocess": PreprocessName, "recipe.name": RecipeName,
            "recipe.optimizer": OptimizerName, "recipe.cache": CacheMode,
            "recipe.schedule": ScheduleName, "recipe.bn": BnMode, "trainer.precision": PrecisionName,
-           "trainer.monitor": MonitorName, "trainer.loggers": LoggerName}
+           "trainer.monitor": MonitorName, "trainer.loggers": LoggerName,
+           "trainer.profile": ProfileMode}
 
 
 @dataclass
@@ -254,7 +256,7 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     checkpoint_every_n_steps: Optional[int] = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["csv"])
-    profile: Union[bool, Literal["trace"]] = False
+    profile: ProfileMode = False
 
 
 @dataclass

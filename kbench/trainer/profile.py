@@ -59,9 +59,8 @@ from time import perf_counter
 import keras
 from rich.table import Table
 
-from kbench import KbenchError, backend
+from kbench import PROFILE_MODES, KbenchError, backend
 
-PROFILE_MODES = (False, True, "trace")
 TRACE_SKIP, TRACE_STEPS = 2, 5
 RUN_PARTS = ("data_s", "model_s", "setup_s", "cache_s", "phases_s", "test_s", "save_s")
 PHASE_PARTS = ("setup_s", "cache_s", "data_wait_s", "step_s", "callbacks_s", "validation_s", "checkpoint_s",
@@ -80,7 +79,7 @@ def check_profile(mode) -> bool | str:
     Raises:
         KbenchError: any other value.
     """
-    if mode is True or mode is False or mode == "trace":
+    if any(mode is m if isinstance(m, bool) else mode == m for m in PROFILE_MODES):
         return mode
     raise KbenchError(f"trainer.profile={mode!r} is not one of false, true, trace")
 
@@ -362,5 +361,5 @@ def profile_table(results: dict) -> Table:
     return t
 
 
-__all__ = ["PHASE_PARTS", "PROFILE_MODES", "RUN_PARTS", "TRACE_SKIP", "TRACE_STEPS", "PhaseProfile", "RunProfile",
+__all__ = ["PHASE_PARTS", "RUN_PARTS", "TRACE_SKIP", "TRACE_STEPS", "PhaseProfile", "RunProfile",
            "check_profile", "profile_table", "start_trace", "stop_trace"]

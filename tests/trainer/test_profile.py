@@ -21,7 +21,7 @@ from kbench.trainer.profile import PHASE_PARTS, RUN_PARTS, TRACE_SKIP, TRACE_STE
 TINY = ["--model.backbone", "mobilenetv3small", "--model.image_size", "32", "--model.weights", "none",
         "--recipe.name", "feature_extraction", "--recipe.epochs", "2", "--data.batch_size", "16",
         "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
-        "--trainer.inference_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.inference_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.precision", "float32", "--data.source", "folder"]
 
 
