@@ -20,6 +20,7 @@ BACKENDS = ("jax", "tensorflow", "torch")
 # Keras dtype policies kbench runs (``auto`` resolves to one of the others per device:
 # kbench.backend.resolve_precision) and the compute dtype of each.
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+PROFILE_MODES = (False, True, "trace")  # trainer.profile: see kbench.trainer.profile
 PRECISION_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 

@@ -324,5 +324,71 @@ def use_fast_cpu_kernels() -> bool:
         xla.note_kernel("depthwise_conv: shift-and-add (kbench.backend.shift_add_depthwise_conv)")
     return True
 
+def start_trace(logdir: str):
+    """Start the active backend's own profiler, writing under folder ``logdir``.
+
+    Sources: ``jax.profiler.start_trace`` (an XPlane ``.xplane.pb`` and a Perfetto
+    ``.trace.json.gz`` under ``logdir/plugins/profile/<time>/``),
+    ``tf.profiler.experimental.start`` (the ``.xplane.pb`` only), ``torch.profiler.profile`` (CPU, and CUDA when available; written
+    as a Chrome trace by :func:`stop_trace`).
+
+    Returns:
+        A handle for :func:`stop_trace`.
+
+    Raises:
+        Exception: whatever the backend's profiler raises when it cannot start
+            (a missing optional package, a trace already running); the caller
+            reports it and carries on.
+    """
+    os.makedirs(logdir, exist_ok=True)
+    b = name()
+    if b == "jax":
+        import jax
+
+        jax.profiler.start_trace(logdir)
+        return ("jax", logdir)
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        tf.profiler.experimental.start(logdir)
+        return ("tensorflow", logdir)
+    if b == "torch":
+        import torch
+
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        prof = torch.profiler.profile(activities=acts)
+        prof.start()
+        return ("torch", logdir, prof)
+    raise NotImplementedError(f"start_trace: unsupported backend {b!r}")
+
+
+def stop_trace(handle) -> list[str]:
+    """Stop the profiler :func:`start_trace` started; returns the trace files it
+    wrote (paths; for PyTorch ``<logdir>/torch_trace.json``, a Chrome trace that
+    chrome://tracing or Perfetto opens; for JAX and TensorFlow the files under
+    ``logdir``: ``.xplane.pb`` opens in TensorBoard's profile plugin or XProf, JAX's
+    ``.trace.json.gz`` in Perfetto).
+
+    Raises:
+        Exception: whatever the backend's profiler raises on stopping or writing.
+    """
+    kind, logdir = handle[0], handle[1]
+    if kind == "jax":
+        import jax
+
+        jax.profiler.stop_trace()
+    elif kind == "tensorflow":
+        import tensorflow as tf
+
+        tf.profiler.experimental.stop()
+    else:
+        handle[2].stop()
+        path = os.path.join(logdir, "torch_trace.json")
+        handle[2].export_chrome_trace(path)
+        return [path]
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(logdir) for f in files)
+
 
 use_fast_cpu_kernels()

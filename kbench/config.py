@@ -22,7 +22,7 @@ from typing import Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-from kbench import PRECISIONS, KbenchError
+from kbench import PRECISIONS, PROFILE_MODES, KbenchError
 from kbench.config_errors import error_message
 from kbench.data.augment_policy import IMAGE_OPS, TARGET_OPS
 from kbench.data.sources import INTERPOLATIONS, SOURCES
@@ -51,12 +51,14 @@ BnMode = Literal[tuple(BN_MODES)]
 PrecisionName = Literal[tuple(PRECISIONS)]
 MonitorName = Literal[tuple(MONITORS)]
 LoggerName = Literal[tuple(LOGGERS)]
+ProfileMode = Union[bool, Literal[tuple(m for m in PROFILE_MODES if isinstance(m, str))]]
 # Which config key takes its values from which registry (tests/test_config.py checks them).
 CHOICES = {"model.backbone": BackboneName, "data.source": SourceName, "data.interpolation": InterpolationName,
            "model.head": HeadName, "model.preprocess": PreprocessName, "recipe.name": RecipeName,
            "recipe.optimizer": OptimizerName, "recipe.cache": CacheMode,
            "recipe.schedule": ScheduleName, "recipe.bn": BnMode, "trainer.precision": PrecisionName,
-           "trainer.monitor": MonitorName, "trainer.loggers": LoggerName}
+           "trainer.monitor": MonitorName, "trainer.loggers": LoggerName,
+           "trainer.profile": ProfileMode}
 
 
 @dataclass
@@ -231,6 +233,7 @@ class TrainerConfig:
         checkpoint_every_n_steps: also checkpoint every N optimizer steps inside an epoch (null = only after each
             epoch and at Ctrl-C); --resume from one continues exactly at that step.
         loggers: experiment trackers (csv is always on; see kbench.trainer.tracking).
+        profile: true = where the time goes in results.json; trace = also the backend's trace (kbench.trainer.profile).
     """
 
     max_epochs: Optional[int] = None
@@ -253,6 +256,7 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     checkpoint_every_n_steps: Optional[int] = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["csv"])
+    profile: ProfileMode = False
 
 
 @dataclass
@@ -291,7 +295,8 @@ def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
 
 # Keys that may differ between a run and its --resume (they do not change results).
 RESUME_MAY_DIFFER = {"trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.name",
-                     "trainer.inference_batches", "trainer.checkpoint_every_n_steps", "trainer.loggers"}
+                     "trainer.inference_batches", "trainer.checkpoint_every_n_steps", "trainer.loggers",
+                     "trainer.profile"}
 
 
 def _fail(msg: str, prog: str = "python -m kbench.run"):

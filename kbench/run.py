@@ -59,13 +59,16 @@ def build_parts(cfg: RunConfig, callbacks: list | None = None, before_data: Call
     setup_process(cfg.trainer.precision, cfg.trainer.seed, cfg.trainer.deterministic)
     spec, recipe = _model_spec_and_recipe(cfg)
     trainer = build_trainer(cfg, callbacks)
+    trainer.profiler.start()  # trainer.profile: data and model times count too
     dm = DataModule(**vars(cfg.data), seed=cfg.trainer.seed, progress=cfg.trainer.enable_progress_bar)
     # cheap checks first: before any data is read or weights downloaded
     spec.input_size(cfg.model.image_size)
     if before_data:
         before_data(recipe)
     dm.setup()
+    trainer.profiler.lap("data_s")
     model = build_model(**vars(cfg.model), num_classes=dm.num_classes, class_names=dm.class_names)
+    trainer.profiler.lap("model_s")
     trainer.check_recipe(model, dm, recipe)  # bad layer prefixes, warm-ups: before the run folder
     return trainer, dm, model, recipe
 

@@ -116,7 +116,7 @@ def test_config_choices_are_the_registries():
                   "model.head": tuple(HEADS), "model.preprocess": ("auto", *PREPROCESS_MODES), "recipe.name": tuple(PRESETS),
                   "recipe.optimizer": tuple(OPTIMIZERS), "recipe.cache": CACHE_MODES, "trainer.precision": PRECISIONS,
                   "trainer.monitor": MONITORS, "recipe.schedule": SCHEDULES, "recipe.bn": BN_MODES,
-                  "trainer.loggers": LOGGERS}
+                  "trainer.loggers": LOGGERS, "trainer.profile": ("trace",)}
 
     def literal(tp):
         if typing.get_origin(tp) is typing.Literal:
@@ -150,7 +150,7 @@ def test_help_shows_every_description_and_choice():
                      if not (w.startswith(("--", "{")) or w.rstrip(",") == f.name.upper())]
             assert "(type:" in entry and len(words) >= 2, entry
     for key, tp in CHOICES.items():
-        lit = typing.get_args(tp)[0] if key == "recipe.name" else tp
+        lit = next((a for a in typing.get_args(tp) if typing.get_origin(a) is typing.Literal), tp)  # of a Union
         assert all(f"'{v}'" in "".join(entries[f"--{key}"].split()) for v in typing.get_args(lit)), key
     assert "--recipe.optimizer {adam,adamw,sgd,rmsprop}" in r.stdout
 

@@ -78,14 +78,16 @@ class PhaseRun:
         train_seq, val_seq = self.data(e2e)
         self._compile()
         callbacks = self._callbacks(train_seq)
+        prof = self.trainer.profiler.phase(self)  # None unless trainer.profile is on
         t_fit = time.perf_counter()
-        self._fit(train_seq, val_seq, callbacks)
+        self._fit(train_seq, val_seq, prof.wrap(callbacks) if prof else callbacks)
         fit_s = time.perf_counter() - t_fit
         audit = {"bn_layers_training": training_bn_layers(e2e),
                  "frozen_variables_checked": check_frozen_unchanged(e2e, before, self.plan.phase.name)}
         self.run.cache.invalidate_from(self.first_trainable)
         self.state.epoch = self.entry_epoch + len(self.logger.rows)
-        return {**self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s), **audit}
+        row = {**self._row(counts, time.perf_counter() - t0, fit_s, self.run.cache.seconds - cache_s), **audit}
+        return prof.row(row) if prof else row
 
     def _configure(self) -> keras.Model:
         """Set what trains; returns the end-to-end model composed for the phase."""

@@ -124,4 +124,18 @@ def plan_phases(run: FitRun, resume: ResumePoint | None, max_epochs: int | None,
     return plans
 
 
-__all__ = ["PhasePlan", "augmentation_blocks_cache", "check_schedules", "cut_for", "phase_epochs", "plan_phases"]
+def should_run(plan: PhasePlan, max_epochs: int | None, max_steps: int, step: int, log) -> bool:
+    """False (saying why with ``log`` where the recipe wanted epochs) when ``max_epochs`` or
+    ``max_steps`` leaves phase ``plan`` nothing to do, ``step`` optimizer steps into the run."""
+    if plan.epochs - plan.done_before <= 0:
+        if plan.phase.epochs and not plan.done_before:
+            log(f"[yellow]skipping phase {plan.phase.name!r}: trainer.max_epochs={max_epochs} reached")
+        return False
+    if 0 < max_steps <= step:
+        log(f"[yellow]skipping phase {plan.phase.name!r}: trainer.max_steps={max_steps} reached")
+        return False
+    return True
+
+
+__all__ = ["PhasePlan", "augmentation_blocks_cache", "check_schedules", "cut_for", "phase_epochs", "plan_phases",
+           "should_run"]

@@ -46,7 +46,8 @@ from kbench.trainer.evaluate import Evaluator
 from kbench.trainer.loggers import Tracking
 from kbench.trainer.loop import LoopTools
 from kbench.trainer.phase import PhaseRun
-from kbench.trainer.plan import PhasePlan, check_schedules, plan_phases
+from kbench.trainer.plan import PhasePlan, check_schedules, plan_phases, should_run
+from kbench.trainer.profile import RunProfile
 from kbench.trainer.results import make_run_dir, summary_table, write_results
 from kbench.trainer.resume import find_resume_point, on_interrupt, on_non_finite, restore_best, restore_run
 from kbench.trainer.setup import check_precision, setup_process
@@ -89,6 +90,7 @@ class Trainer:
             a signal); resuming from one is exact.
         loggers: experiment trackers from :data:`~kbench.trainer.tracking.LOGGERS` (``csv``
             always on; ``tensorboard``, ``mlflow``: see :mod:`kbench.trainer.tracking`).
+        profile: True/``"trace"``: time breakdown in results (:mod:`kbench.trainer.profile`).
         callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
         console: where progress and log lines go (default: a new rich Console).
         process_setup: call :func:`~kbench.trainer.setup.setup_process` with
@@ -115,7 +117,7 @@ class Trainer:
                  enable_progress_bar: bool = True, inference_batches: int = 10, enable_checkpointing: bool = True,
                  monitor: str = "val_accuracy", save_top_k: int = 1, early_stopping_patience: int | None = None,
                  checkpoint_every_n_steps: int | None = None, loggers: list[str] | None = None,
-                 callbacks: list | None = None,
+                 profile: bool | str = False, callbacks: list | None = None,
                  console: Console | None = None, process_setup: bool = True):
         self.precision_requested, self.precision = precision, check_precision(precision)
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
@@ -130,6 +132,7 @@ class Trainer:
                                                       "test": limit_test_batches},
                                fast_dev_run, jit_compile, enable_progress_bar)
         self.evaluator = Evaluator(self.tools, inference_batches)
+        self.profiler = RunProfile(profile, self.tools.log)
         self._tracker_args = (monitor, save_top_k, early_stopping_patience)
         self.state = TrainerState(BestTracker(*self._tracker_args))
         self.run_dir: str | None = None
@@ -184,6 +187,7 @@ class Trainer:
             RuntimeError: a frozen variable changed during a phase.
         """
         t_start = time.perf_counter()
+        self.profiler.start()
         datamodule = as_datamodule(datamodule, model.class_names, self.seed)
         datamodule.setup()
         self.check_recipe(model, datamodule, recipe)  # every phase's layers and warm-up, before any trains
@@ -195,11 +199,14 @@ class Trainer:
         run.averaging = Averaging(recipe, plans, self.tools.log)
         if resume:
             run.averaging.resume(resume.ckpt, resume.saved)
+        self.profiler.lap("setup_s", run.cache)
         with run.tracking:  # closes the experiment trackers if anything below raises
             with self.tools.guard:
                 try:
                     self._run_phases(run, plans, resume)
+                    self.profiler.lap("phases_s", run.cache)
                     outcome = self._test(run, plans)
+                    self.profiler.lap("test_s", run.cache)
                 except TrainingInterrupted as e:
                     on_interrupt(e, self.state, run, self.enable_checkpointing, self.tools.log)
                     raise
@@ -257,23 +264,11 @@ class Trainer:
     def _run_phases(self, run: FitRun, plans: list[PhasePlan], resume: ResumePoint | None) -> None:
         """Run every phase not finished before the checkpoint and within the caps."""
         for plan in plans:
-            if (resume and resume.finished(plan.index)) or not self._should_run(plan):
+            if (resume and resume.finished(plan.index)) or not should_run(plan, self.max_epochs, self.max_steps,
+                                                                          self.state.step, self.tools.log):
                 continue
             self.state.phases.append(PhaseRun(self, run, plan).execute())
             self.tools.guard.check()
-
-    def _should_run(self, plan: PhasePlan) -> bool:
-        """False (saying why where the recipe wanted epochs) when ``max_epochs`` or
-        ``max_steps`` leaves the phase nothing to do."""
-        if plan.epochs - plan.done_before <= 0:
-            if plan.phase.epochs and not plan.done_before:
-                self.tools.log(f"[yellow]skipping phase {plan.phase.name!r}: trainer.max_epochs={self.max_epochs} "
-                               "reached")
-            return False
-        if 0 < self.max_steps <= self.state.step:
-            self.tools.log(f"[yellow]skipping phase {plan.phase.name!r}: trainer.max_steps={self.max_steps} reached")
-            return False
-        return True
 
     def _test(self, run: FitRun, plans: list[PhasePlan]) -> dict:
         """Put the SWA average (with SWA) or the best epoch in the model, test it (on the
@@ -312,9 +307,10 @@ class Trainer:
                                             "resumed_from": os.path.basename(resume.ckpt) if resume else None,
                                             "class_weight": run.datamodule.class_weights(),
                                             "cache_memory_mb": run.cache.peak_mb,
-                                            **run.averaging.results(outcome["swa"])})
+                                            **run.averaging.results(outcome["swa"]), **self.profiler.results("save_s")})
         run.tracking.finish(self.results, self.state.epoch, [os.path.join(run.run_dir, "results.json"), model_path])
         self.tools.console.print(summary_table(self.results, self.history))
+        self.profiler.print_table(self.results, self.tools.console)
         return self.results
 
     # ------------------------------------------------------------ evaluation
