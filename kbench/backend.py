@@ -324,6 +324,7 @@ def use_fast_cpu_kernels() -> bool:
         xla.note_kernel("depthwise_conv: shift-and-add (kbench.backend.shift_add_depthwise_conv)")
     return True
 
+
 def start_trace(logdir: str):
     """Start the active backend's own profiler, writing under folder ``logdir``.
 
