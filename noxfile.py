@@ -40,7 +40,7 @@ def _tests(session: nox.Session, backend: str) -> None:
     session.run("python", "-c", "import keras; print('keras', keras.__version__, 'backend', keras.backend.backend())",
                 env={"KERAS_BACKEND": backend})
     args = session.posargs or ["-m", "not slow"]  # `nox -s tests-jax -- -m slow` for the long cases
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *args, env={"KERAS_BACKEND": backend})
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "--durations=15", *args, env={"KERAS_BACKEND": backend})
 
 
 @nox.session(name="tests-jax", python=PYTHON)
