@@ -138,7 +138,9 @@ def time_kbench(x, y, batch: int, epochs: int, precision: str, spe: int = 1) -> 
     dm = from_arrays(tiny, y, tiny[:n_val], rng.integers(0, 10, n_val), tiny[:n_val], rng.integers(0, 10, n_val),
                      batch_size=batch, seed=42)
     tm, _ = build(precision)
-    clock = StepClock(1)
+    import keras
+
+    clock = StepClock(spe if keras.backend.backend() != "torch" else 1)  # steps per batch end (1 on PyTorch)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(seed=42, default_root_dir=tmp, inference_batches=1, callbacks=[clock], precision=precision)
         trainer.tools.steps_per_execution = spe
