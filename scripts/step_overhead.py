@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -186,11 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             report[m]["ratio_p50_to_bare"] = report[m]["p50_ms"] / base
             report[m]["ratio_cpu_to_bare"] = report[m]["cpu_ms"] / report["bare"]["cpu_ms"]
     report["load_after"] = os.getloadavg()[0]
-    text = json.dumps(report, indent=2)
-    print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
     return 0
 
 
