@@ -69,18 +69,21 @@ class RichProgressBar(keras.callbacks.Callback):
             self._progress.stop()
             self._progress = None
 
-    def _advance(self, logs):
+    def _advance(self, logs, steps: int = 1):
         if self._progress is None:
             return
         shown = {k: v for k, v in (logs or {}).items() if k in ("loss", "accuracy")}
         text = "  ".join(f"{k} {float(v):.4f}" for k, v in shown.items())
-        self._progress.update(self._task, advance=1, metrics=text)
+        self._progress.update(self._task, advance=steps, metrics=text)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start(f"{self.description} epoch {epoch + 1}", self.params.get("steps"))
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first = batch
+
     def on_train_batch_end(self, batch, logs=None):
-        self._advance(logs)
+        self._advance(logs, batch - getattr(self, "_first", batch) + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         self._stop()
@@ -145,7 +148,10 @@ class ThroughputMeter(keras.callbacks.Callback):
 
     The first ``warmup`` batches of each ``fit`` call (tracing and compilation)
     are excluded from :attr:`images` and :attr:`seconds`. Batch ends wait for the
-    step's loss, so asynchronous backends (JAX) are timed to completion.
+    step's loss, so asynchronous backends (JAX) are timed to completion. With
+    ``steps_per_execution`` > 1 a batch end covers batches ``begin..end`` (the indices
+    keras passes to the batch begin and end): they count as that many steps, each
+    taking an equal share of the time.
 
     Attributes:
         images, seconds: totals after warm-up; ``images / seconds`` = images/s.
@@ -161,23 +167,28 @@ class ThroughputMeter(keras.callbacks.Callback):
         self.global_step = global_step
         self.epoch_images, self.epoch_seconds = 0, 0.0
 
-    def _begin(self):
-        self._t0 = time.perf_counter()
+    def _begin(self, batch: int = 0):
+        self._t0, self._first = time.perf_counter(), batch
 
-    def _end(self, batch, logs):
+    def _end(self, batch, logs) -> int:
+        """Account batches ``self._first..batch``; returns how many steps that was."""
         if logs and "loss" in logs:
             float(logs["loss"])  # wait for the step to finish
         dt = time.perf_counter() - self._t0
+        first = min(getattr(self, "_first", batch), batch)
+        steps = batch - first + 1
         self._seen += 1
         if self._seen <= self.warmup:
             self.first_steps_s += dt
-            return
-        n = self.batch_sizes[batch] if batch < len(self.batch_sizes) else self.batch_sizes[0]
+            return steps
+        sizes = self.batch_sizes
+        n = sum(sizes[b] if b < len(sizes) else sizes[0] for b in range(first, batch + 1))
         self.images += n
         self.seconds += dt
         self.epoch_images += n
         self.epoch_seconds += dt
-        self.step_times.append(dt)
+        self.step_times.extend([dt / steps] * steps)
+        return steps
 
     def on_train_begin(self, logs=None):
         self._seen = 0
@@ -186,11 +197,11 @@ class ThroughputMeter(keras.callbacks.Callback):
         self.epoch_images, self.epoch_seconds = 0, 0.0
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._begin()
+        self._begin(batch)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._end(batch, logs)
-        self.global_step += 1
+        self.last_steps = self._end(batch, logs)
+        self.global_step += self.last_steps
 
     on_predict_begin = on_train_begin
     on_predict_batch_begin = on_train_batch_begin
@@ -241,7 +252,8 @@ LR_TRACE_FIELDS = ["phase", "epoch", "step", "update", "learning_rate"]
 
 class LearningRateTrace(keras.callbacks.Callback):
     """Appends one row per training batch to ``lr.csv`` (columns :data:`LR_TRACE_FIELDS`):
-    the global step after the batch, the phase's optimizer update it belongs to (0-based;
+    the global step after the batch (one row per step also when a batch end covers several,
+    ``steps_per_execution``), the phase's optimizer update it belongs to (0-based;
     with gradient accumulation several batches share one) and the learning rate that
     update used.
 
@@ -275,11 +287,15 @@ class LearningRateTrace(keras.callbacks.Callback):
         self.epoch = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
-        lr = self.constant if self.schedule is None else float(keras.ops.convert_to_numpy(self.schedule(self.iteration)))
-        self._writer.writerow([self.phase, self.epoch, self.meter.global_step, self.iteration // self.accumulate, lr])
-        self.last_lr = lr  # the row's learning rate, for the experiment trackers
+        steps = getattr(self.meter, "last_steps", 1)  # > 1: one batch end for several steps (steps_per_execution)
+        for k in range(steps):
+            lr = (self.constant if self.schedule is None
+                  else float(keras.ops.convert_to_numpy(self.schedule(self.iteration))))
+            step = self.meter.global_step - steps + 1 + k
+            self._writer.writerow([self.phase, self.epoch, step, self.iteration // self.accumulate, lr])
+            self.last_lr = lr  # the row's learning rate, for the experiment trackers
+            self.iteration += 1
         self._file.flush()
-        self.iteration += 1
 
     def on_train_end(self, logs=None):
         if self._file is not None:

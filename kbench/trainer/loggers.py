@@ -221,7 +221,7 @@ class TrackingCallback(keras.callbacks.Callback):
                   "train_step/learning_rate": self.trace.last_lr}
         meter = self.meter
         if len(meter.step_times) > self._timed:  # this batch was timed (past the warm-up)
-            values["train_step/images_per_s"] = (meter.images - self._images) / meter.step_times[-1]
+            values["train_step/images_per_s"] = (meter.images - self._images) / sum(meter.step_times[self._timed:])
         self._timed, self._images = len(meter.step_times), meter.images
         self.tracking.step(values, meter.global_step)
 

@@ -35,6 +35,9 @@ class LoopTools:
         jit_compile: passed to ``Model.compile`` (``"auto"``, True, False).
         enable_progress_bar: rich progress bars and per-epoch lines.
         guard: the :class:`~kbench.trainer.callbacks.SignalGuard` of the run.
+        steps_per_execution: training steps per dispatch in phases on cached features,
+            on JAX and TensorFlow only (keras refuses > 1 on PyTorch), and only where no
+            per-step feature needs every batch end (see ``PhaseRun.steps_per_execution``); 1 = off.
     """
 
     console: Console
@@ -43,6 +46,7 @@ class LoopTools:
     jit_compile: bool | str = "auto"
     enable_progress_bar: bool = True
     guard: SignalGuard = field(default_factory=SignalGuard)
+    steps_per_execution: int = 1
 
     def limit(self, split: str) -> int | float:
         """The ``limit_batches`` for ``split`` (1 batch under ``fast_dev_run``)."""
@@ -56,15 +60,16 @@ class LoopTools:
 
     def compile(self, net: keras.Model, from_logits: bool, learning_rate, optimizer: str = "adam",
                 weight_decay: float = 0.0, momentum: float = 0.9, label_smoothing: float = 0.0,
-                soft_targets: bool = False, **options) -> None:
+                soft_targets: bool = False, steps_per_execution: int = 1, **options) -> None:
         """Compile ``net`` with a fresh optimizer (see :func:`kbench.recipes.make_optimizer`;
         ``learning_rate`` a float or a schedule, ``options`` its keyword-only settings),
         sparse categorical cross-entropy and top-1 accuracy; with ``label_smoothing`` or
         ``soft_targets`` (mixed training targets) the loss and accuracy that take int labels
-        and soft targets alike (:func:`kbench.trainer.targets.loss_and_metrics`)."""
+        and soft targets alike (:func:`kbench.trainer.targets.loss_and_metrics`);
+        ``steps_per_execution`` goes to ``Model.compile``."""
         loss, metrics = loss_and_metrics(from_logits, label_smoothing, soft_targets)
         net.compile(optimizer=make_optimizer(optimizer, learning_rate, weight_decay, momentum, **options),
-                    loss=loss, metrics=metrics, jit_compile=self.jit_compile)
+                    loss=loss, metrics=metrics, jit_compile=self.jit_compile, steps_per_execution=steps_per_execution)
 
     def log(self, msg: str) -> None:
         """Print ``msg`` (rich markup) on the console."""

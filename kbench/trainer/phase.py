@@ -164,7 +164,7 @@ class PhaseRun:
         self.tools.compile(self.net, self.run.model.from_logits, lr, recipe.optimizer, recipe.weight_decay,
                            recipe.momentum, clip_norm=recipe.clip_norm, accumulate_steps=recipe.accumulate_steps,
                            ema=recipe.ema, multiplier=self._multiplier(), label_smoothing=recipe.label_smoothing,
-                           soft_targets=recipe.mixes)
+                           soft_targets=recipe.mixes, steps_per_execution=self.steps_per_execution())
         extras = [f"gradient accumulation {recipe.accumulate_steps} (effective batch size "
                   f"{self.run.datamodule.batch_size * recipe.accumulate_steps})" if recipe.accumulate_steps > 1 else "",
                   f"global-norm clipping at {recipe.clip_norm:g}" if recipe.clip_norm else "",
@@ -176,6 +176,14 @@ class PhaseRun:
             checkpoint.restore_optimizer(plan.resume_ckpt, self.net, saved)
             self.run.averaging.optimizer_restored(self.net, saved)
         self.state.net = self.net
+
+    def steps_per_execution(self) -> int:
+        """``tools.steps_per_execution`` for a phase on cached features on JAX or TensorFlow
+        without ``max_steps`` or ``checkpoint_every_n_steps`` (both act at one exact batch);
+        else 1."""
+        t = self.trainer
+        ok = self.plan.cut and backend.name() != "torch" and t.max_steps <= 0 and not t.checkpoint_every_n_steps
+        return self.tools.steps_per_execution if ok else 1
 
     def phase_learning_rate(self) -> float:
         """The phase's learning rate: ``phase.learning_rate`` when it is a number; for
