@@ -17,12 +17,11 @@ the other, each in its own process with its output in ``<output>/logs/``:
    ``<output>/bench/<backend>/``.
 
 During each run ``nvidia-smi --query-gpu=index,utilization.gpu,memory.used
---format=csv,noheader,nounits -lms 1000`` samples the GPU every second in the
-background (``utilization.gpu``: the share of the last period in which a kernel ran,
-the ``sm`` column of ``nvidia-smi dmon``); without nvidia-smi that is recorded and the
-runs go on. Each run gets a time limit (``--run-timeout``, ``--bench-timeout``, cut
-so that the whole check stays within ``--budget`` seconds, default 450); a run that
-fails or times out is reported in the summary, never fatal.
+--format=csv,noheader,nounits -lms 1000`` samples the GPU every second
+(``utilization.gpu``: share of time a kernel ran, ``sm`` in ``nvidia-smi dmon``);
+without nvidia-smi that is recorded and the runs go on. Each run has a time limit
+(``--run-timeout``, ``--bench-timeout``, cut to keep the whole check within
+``--budget`` s, default 450); a failed or stopped run is reported, never fatal.
 
 Output: ``<output>/summary.json`` and ``summary.md``: date, machine (CPU, GPUs,
 nvidia-smi), package versions and, per backend, wall time of each run, the main
@@ -37,18 +36,19 @@ On the project's device machine (one H100 or H200; torch and jax with CUDA there
 keras, no TensorFlow; only the checkout and carried paths travel, see
 /work/.library/device/README.md):
 
-* here, once: put the keras wheel and its pure-python dependencies that the device
-  lacks (keras, namex, optree, ml-dtypes, h5py, rich, ...) in ``.whl/`` (ignored via
-  ``.git/info/exclude``; ``pip download --no-deps --only-binary=:all: --python-version 3.12
-  --platform manylinux2014_x86_64 -d .whl keras==3.x ...``), and the CIFAR-10 archive and
-  the weights file in an ignored folder such as ``gpudata/``;
+* here, once: the wheels the device lacks (keras, namex, optree, jsonargparse,
+  docstring-parser; it has h5py, rich, ml-dtypes, pyyaml, opencv) in ``.whl/``, ignored
+  through ``.git/info/exclude`` (``pip download --no-deps --only-binary=:all:
+  --python-version 3.12 --platform manylinux2014_x86_64 -d .whl keras==3.15.1 ...``),
+  and CIFAR-10 and the weights file in an ignored ``gpudata/``;
 * one ``run`` naming ``.whl`` and ``gpudata`` in ``carry``, with a 540 s timeout::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
-      && export PYTHONPATH=/tmp/site:$PWD && python3 scripts/gpu_check.py --output $OUT/gpu \\
-      -- --data.root gpudata/cifar10-jpg.tar.gz --model.weights gpudata/vgg16.weights.h5
+      && export PYTHONPATH=/tmp/site && mkdir -p /tmp/d && tar -xzf gpudata/cifar10-jpg.tar.gz -C /tmp/d \\
+      && python3 scripts/gpu_check.py --output /tmp/gpu -- --data.root /tmp/d/cifar10 \\
+      --model.weights gpudata/vgg16.weights.h5; cp /tmp/gpu/summary.* $OUT/
 
-  (``$OUT/gpu/summary.json`` and ``summary.md`` come back; logs stay there unless copied).
+  (at most 8 files come back from ``$OUT``, so copy the summary, not the whole folder).
 """
 
 from __future__ import annotations
@@ -108,9 +108,9 @@ def stop_sampler(proc) -> None:
 
 
 def gpu_stats(lines) -> dict | None:
-    """Utilisation statistics of nvidia-smi sample lines (``"index, util %, memory MiB"`` or
-    ``"util %, memory MiB"``) for the busiest GPU: ``{"gpu", "samples", "util_mean",
-    "util_p50", "util_max" (percent), "memory_used_mib_max"}``; ``None`` without samples."""
+    """Statistics of nvidia-smi lines (``"index, util %, memory MiB"`` or ``"util %, memory MiB"``)
+    for the busiest GPU: ``gpu``, ``samples``, ``util_mean`` / ``util_p50`` / ``util_max`` (%),
+    ``memory_used_mib_max``; ``None`` without samples."""
     per: dict[str, list[tuple[float, float]]] = {}
     width = None  # fields per line, from the first complete one (a cut-off last line has fewer)
     for line in lines:

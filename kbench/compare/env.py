@@ -155,6 +155,8 @@ def annotate_compute(rows: list[dict], out_dir: str, timeout_s: float = 900) -> 
         vendor = src.get("vendor") if src.get("peak_source") == "vendor" else None
         r["peak"] = {"flops_per_s": known[best] * 1e9 if best else None, "dtype": dtype, "backend": best,
                      "peak_source": src.get("peak_source"), "vendor": vendor,
+                     "measured_gflops_by_backend": {b: (p.get("peaks", {}).get(dtype) or {}).get("measured_gflops")
+                                                    for b, p in probes.items()},
                      "gflops_by_backend": by_backend, "measured_at": own.get("measured_at"),
                      "method": own.get("method"),
                      "source": f"kbench.perf.machine_peak: vendor dense peak, {vendor['source']}" if vendor else

@@ -146,7 +146,8 @@ def _md_compute(summary: dict) -> list[str]:
     comp = summary["compute"]
     peak = comp["peak_flops_per_s"]
     vendor = comp.get("peak_kind") == "vendor"
-    per = ", ".join(f"{b} {fmt(finite_float(g), '.1f')}" for b, g in (comp.get("peak_gflops_by_backend") or {}).items())
+    rates = comp.get("peak_measured_gflops_by_backend" if vendor else "peak_gflops_by_backend") or {}
+    per = ", ".join(f"{b} {fmt(finite_float(g), '.1f')}" for b, g in rates.items())
     out = ["", "## Compute", "",
            "Achieved GFLOP/s = images/s x FLOPs per image / 1e9; MFU = achieved / machine peak. FLOPs per image: "
            "`kbench.perf.model_flops_per_image` (analytic count of the backbone + head; training = 3 x forward). "

@@ -9,6 +9,7 @@ import pytest
 
 from kbench import backend, gpu_peaks, perf
 from kbench.bench import measure as bench_measure
+from kbench.compare import env as compare_env
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +121,22 @@ def test_gpu_devices_reports_chip_names(monkeypatch):
     assert backend.gpu_devices() == ["NVIDIA H200"]
     assert backend.device()["name"] == "NVIDIA H200" and backend.float32_uses_tf32() is True
     assert perf.probe_n() == 8192
+
+
+def test_compare_rows_name_the_vendor_peak(tmp_path, monkeypatch):
+    vendor = gpu_peaks.vendor_peak("NVIDIA H200", "bfloat16")
+
+    def fake_probe(backend, dtypes, models, log, timeout_s=900):
+        peak = {"gflops": vendor["gflops"], "measured_gflops": 700e3 if backend == "jax" else 760e3,
+                "peak_source": "vendor", "vendor": vendor}
+        return {"peaks": {d: peak for d in dtypes}, "flops": {}, "errors": {}}
+
+    monkeypatch.setattr(compare_env, "run_probe", fake_probe)
+    rows = [{"status": "completed", "backend": b, "run_dir": b, "results": {"precision": "mixed_bfloat16"}}
+            for b in ("jax", "torch")]
+    compare_env.annotate_compute(rows, str(tmp_path))
+    for r in rows:
+        assert r["peak"]["flops_per_s"] == pytest.approx(989.4e12) and r["peak"]["dtype"] == "bfloat16"
+        assert r["peak"]["peak_source"] == "vendor" and r["peak"]["vendor"]["chip"] == "H200 SXM"
+        assert "H200 Tensor Core GPU datasheet" in r["peak"]["source"]
+        assert r["peak"]["measured_gflops_by_backend"] == {"jax": 700e3, "torch": 760e3}
