@@ -53,16 +53,19 @@ def versions() -> dict[str, str]:
 
 
 def gpu_devices() -> list[str]:
-    """Names of the GPUs the active backend can use (empty list on a CPU-only machine)."""
+    """Chip names of the GPUs the active backend can use, e.g. ``["NVIDIA H100 80GB HBM3"]``
+    (torch ``get_device_name``, JAX ``device_kind``, TensorFlow's ``device_name`` detail);
+    an empty list on a CPU-only machine."""
     b = name()
     if b == "jax":
         import jax
 
-        return [str(d) for d in jax.devices() if d.platform == "gpu"]
+        return [str(getattr(d, "device_kind", None) or d) for d in jax.devices() if d.platform == "gpu"]
     if b == "tensorflow":
         import tensorflow as tf
 
-        return [d.name for d in tf.config.list_physical_devices("GPU")]
+        gpus = tf.config.list_physical_devices("GPU")
+        return [tf.config.experimental.get_device_details(d).get("device_name") or d.name for d in gpus]
     if b == "torch":
         import torch
 
@@ -93,6 +96,29 @@ def has_native_bfloat16() -> bool:
             return False
         return True
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def float32_uses_tf32() -> bool:
+    """True when the active backend may run float32 matmuls/convolutions on a GPU in TF32
+    (JAX: ``jax_default_matmul_precision`` unset or below ``"highest"``, XLA's GPU default;
+    TensorFlow: ``tensor_float_32_execution_enabled()``, default on; torch:
+    ``torch.backends.cudnn.allow_tf32`` (default on) or ``torch.backends.cuda.matmul.allow_tf32``).
+    False without a GPU."""
+    if not gpu_devices():
+        return False
+    b = name()
+    if b == "jax":
+        import jax
+
+        prec = str(jax.config.jax_default_matmul_precision or "default").lower()
+        return prec not in ("highest", "float32")
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.experimental.tensor_float_32_execution_enabled())
+    import torch
+
+    return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
 
 
 def resolve_precision(precision: str) -> str:

@@ -5,17 +5,23 @@ Two numbers turn a measured images/s into a model FLOPs utilisation (MFU):
 * :func:`model_flops_per_image`: the FLOPs one image costs in the end-to-end
   kbench model (backbone + ``gap`` head by default), counted analytically from
   the built Keras model's layers (see :func:`count_flops` for the method);
-* :func:`machine_peak`: the FLOP/s this machine reaches on a large matrix
-  multiply on the active backend (:func:`measure_peak_gflops`), measured once
-  per machine/backend/dtype and stored in ``peak.json`` under the kbench cache
+* :func:`machine_peak`: the peak FLOP/s of this machine for the compute dtype:
+  on a GPU whose datasheet is in :mod:`kbench.gpu_peaks` the vendor's dense
+  peak (``peak_source: "vendor"``), otherwise (CPUs, unknown GPUs) the rate the
+  active backend reaches on a large matrix multiply (:func:`measure_peak_gflops`,
+  ``peak_source: "measured"``). The probe runs once per machine/backend/dtype
+  (also where the vendor peak is used: its result is kept as
+  ``measured_gflops``) and is stored in ``peak.json`` under the kbench cache
   folder (``$KBENCH_CACHE_DIR``, default ``~/.cache/kbench``).
 
 ``MFU = achieved FLOP/s / peak FLOP/s`` with achieved FLOP/s = images/s x
 FLOPs per image (the definition of the PaLM paper, Chowdhery et al. 2022,
 appendix B, where "model FLOPs" are the FLOPs the model needs, not the ones the
-hardware happened to execute). The peak is a *measured* matmul peak on the same
-backend, not a datasheet number, so MFU says how close a model gets to the best
-dense-matmul speed this machine and library reach.
+hardware happened to execute). On a CPU the peak is a *measured* matmul peak on
+the same backend, so MFU says how close a model gets to the best dense-matmul
+speed this machine and library reach. On a known GPU it is the datasheet peak,
+the same for every backend, so MFU is comparable across backends (a probe of a
+few seconds stays well below a datacenter GPU's peak, see issue 14).
 """
 
 from __future__ import annotations
@@ -37,7 +43,12 @@ from kbench import KbenchError
 FLOPS_METHOD_VERSION = 1
 #: Training step cost as a multiple of the forward pass (see :func:`model_flops_per_image`).
 TRAIN_FLOPS_FACTOR = 3.0
-PEAK_FORMAT = 1
+#: Version of the ``peak.json`` entries (2: GPU probe at :data:`GPU_PROBE_N`, vendor peaks).
+PEAK_FORMAT = 2
+#: Matrix side of the peak probe on a CPU (``n x n`` times ``n x n``).
+CPU_PROBE_N = 2048
+#: Matrix side of the peak probe on a GPU: 2048 reached half the H200's bf16 peak, 8192 ~80 %.
+GPU_PROBE_N = 8192
 
 
 def cache_dir() -> str:
@@ -191,11 +202,20 @@ def _sync(t) -> float:
     return float(keras.ops.convert_to_numpy(keras.ops.cast(t[0, 0], "float32")))
 
 
-def measure_peak_gflops(dtype: str = "float32", n: int = 2048, repeats: int = 5,
+def probe_n() -> int:
+    """The default probe size: :data:`GPU_PROBE_N` when the active backend uses a GPU, else
+    :data:`CPU_PROBE_N`."""
+    from kbench import backend
+
+    return GPU_PROBE_N if backend.gpu_devices() else CPU_PROBE_N
+
+
+def measure_peak_gflops(dtype: str = "float32", n: int | None = None, repeats: int = 5,
                         min_time_s: float = 0.2, max_matmul_s: float = 1.0) -> dict:
     """Matrix-multiply throughput of the ACTIVE Keras backend, in GFLOP/s.
 
-    Probe: two seeded ``(n, n)`` random matrices of ``dtype`` on the backend's
+    Probe: two seeded ``(n, n)`` random matrices (``n`` default :func:`probe_n`: 8192 on
+    a GPU, 2048 on a CPU) of ``dtype`` on the backend's
     default device, multiplied with ``keras.ops.matmul`` (the backend's BLAS / XLA
     / cuBLAS kernel). One warm-up multiply is excluded; it also sets how many
     multiplies each timed repeat chains (enough to last ``min_time_s``). Each
@@ -213,6 +233,7 @@ def measure_peak_gflops(dtype: str = "float32", n: int = 2048, repeats: int = 5,
         KbenchError: ``dtype`` is not a float dtype the backend can multiply.
     """
     ops = keras.ops
+    n = int(n or probe_n())
     try:
         while True:
             rng = np.random.default_rng(0)
@@ -277,21 +298,46 @@ def machine_key(dtype: str = "float32") -> str:
     return f"{dev['type']}:{dev['name']}:{dev.get('cores')} cores|{backend.name()}|{dtype}"
 
 
-def machine_peak(path: str | None = None, dtype: str = "float32", *, refresh: bool = False, n: int = 2048,
+def peak_source(entry: dict, dtype: str) -> dict:
+    """``entry`` (a measured probe, :func:`measure_peak_gflops` fields) with the peak MFU uses.
+
+    On a GPU (``entry["device"]["type"] == "gpu"``) whose chip and column are in
+    :mod:`kbench.gpu_peaks` (float32 reads the ``tf32`` column when
+    :func:`kbench.backend.float32_uses_tf32`, else ``fp32``): ``gflops`` = the vendor
+    dense peak, ``peak_source "vendor"``, ``vendor`` = :func:`kbench.gpu_peaks.vendor_peak`.
+    Otherwise ``gflops`` = the measured median, ``peak_source "measured"``, ``vendor None``.
+    ``measured_gflops`` always holds the probe's median (GFLOP/s).
+    """
+    from kbench import backend, gpu_peaks
+
+    measured = entry.get("measured_gflops", entry.get("gflops"))
+    dev = entry.get("device") or {}
+    vendor = None
+    if dev.get("type") == "gpu":
+        vendor = gpu_peaks.vendor_peak(dev.get("name"), dtype, tf32=backend.float32_uses_tf32())
+    return {**entry, "measured_gflops": measured, "gflops": vendor["gflops"] if vendor else measured,
+            "peak_source": "vendor" if vendor else "measured", "vendor": vendor}
+
+
+def machine_peak(path: str | None = None, dtype: str = "float32", *, refresh: bool = False, n: int | None = None,
                  repeats: int = 5) -> dict:
-    """This machine's measured matmul peak on the active backend, measured once and stored.
+    """This machine's peak for ``dtype`` on the active backend (for MFU), probed once and stored.
 
     Looks up :func:`machine_key` (device name and cores, backend, dtype) in the
-    JSON file ``path`` (default ``<cache_dir()>/peak.json``); when absent (or
-    ``refresh``) runs :func:`measure_peak_gflops` and stores the result with the
-    date, device and library versions. Note that a probe run while other jobs
-    share the CPU measures less than the machine's peak; delete the entry (or
-    pass ``refresh=True``) to measure again.
+    JSON file ``path`` (default ``<cache_dir()>/peak.json``); when absent, stored by
+    an older :data:`PEAK_FORMAT`, or ``refresh``, runs :func:`measure_peak_gflops`
+    (``n`` default :func:`probe_n`) and stores the result with the date, device and
+    library versions. Then :func:`peak_source` picks the peak: the vendor dense
+    peak on a GPU in :mod:`kbench.gpu_peaks`, else the measured one. Note that a
+    probe run while other jobs share the CPU measures less than the machine's
+    peak; delete the entry (or pass ``refresh=True``) to measure again.
 
     Returns:
-        The stored entry: ``{"gflops" (GFLOP/s, median), "gflops_min", "gflops_max",
-        "n", "dtype", "backend", "device", "versions", "measured_at", "key",
-        "cached": bool (True when read back rather than measured now), "path"}``.
+        The stored entry: ``{"gflops" (GFLOP/s, the peak MFU uses), "peak_source"
+        ("vendor"|"measured"), "measured_gflops" (probe median), "vendor" (None or
+        {"gflops", "tflops", "chip", "column", "source"}), "gflops_min", "gflops_max"
+        (of the probe), "n", "dtype", "backend", "device", "versions", "measured_at",
+        "key", "cached": bool (True when read back rather than measured now), "path"}``.
 
     Raises:
         KbenchError: the probe cannot run in ``dtype`` (see :func:`measure_peak_gflops`).
@@ -302,12 +348,13 @@ def machine_peak(path: str | None = None, dtype: str = "float32", *, refresh: bo
     key = machine_key(dtype)
     stored = _read_json(path).get(key)
     if stored and not refresh and stored.get("format") == PEAK_FORMAT:
-        return {**stored, "cached": True, "path": path}
+        return {**peak_source(stored, dtype), "cached": True, "path": path}
     entry = {**measure_peak_gflops(dtype, n=n, repeats=repeats), "format": PEAK_FORMAT, "key": key,
              "device": backend.device(), "versions": backend.versions(),
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "method": "keras.ops.matmul of two (n, n) matrices, 2n^3 FLOPs each, warm-up excluded, "
                        "median of repeats (kbench.perf.measure_peak_gflops)"}
+    entry = peak_source(entry, dtype)
     try:
         _update_json(path, {key: entry})
     except OSError as e:
@@ -324,4 +371,4 @@ def mfu(images_per_s: float | None, flops_per_image: float | None, peak_gflops: 
 
 
 __all__ = ["model_flops_per_image", "count_flops", "measure_peak_gflops", "machine_peak", "machine_key", "mfu",
-           "cache_dir", "TRAIN_FLOPS_FACTOR"]
+           "cache_dir", "peak_source", "probe_n", "TRAIN_FLOPS_FACTOR", "CPU_PROBE_N", "GPU_PROBE_N"]

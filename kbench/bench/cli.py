@@ -31,8 +31,9 @@ What one measurement does (:func:`kbench.bench.measure.measure_model`):
   steps. images/s is reported as the median over repeats with min and max; step
   times (ms) as p50 and p95 over all timed steps;
 * MFU from :mod:`kbench.perf`: FLOPs per image counted from the model's layers
-  (training = 3 x forward) over the machine's matmul peak on the same backend and
-  compute dtype (float32, or bfloat16 / float16 for the mixed policies).
+  (training = 3 x forward) over the peak for the compute dtype (float32, or bfloat16 /
+  float16 for the mixed policies): the vendor's dense peak on a GPU in
+  :mod:`kbench.gpu_peaks`, else the measured matmul peak on the same backend.
 
 The report (terminal table, ``bench.json``, ``bench.csv``, ``bench.md``) is a pure
 function of the stored rows (:func:`kbench.bench.report.build_report`). It shows

@@ -139,13 +139,14 @@ def _mode_row(step, mode: str, model, forward_flops: float, key: dict, settings:
     flops = forward_flops * (perf.TRAIN_FLOPS_FACTOR if mode == "train" else 1.0)
     dtype = PRECISION_DTYPES[key["precision"]]
     peak = (peak_gflops or {}).get(dtype)
+    source = (settings.get("peak_sources") or {}).get(dtype) if peak else None
     ips = s["images_per_s"]
     return {
         "backend": backend.name(), **key, "mode": mode, "status": "ok", "error": None, **s,
         "step_times_ms": [[round(t * 1e3, 4) for t in b] for b in timing["step_times_s"]],
         "warmup_times_s": timing["warmup_times_s"],
         "flops_per_image": flops, "achieved_gflops": ips * flops / 1e9 if ips else None,
-        "peak_gflops": peak, "peak_dtype": dtype, "mfu": perf.mfu(ips, flops, peak),
+        "peak_gflops": peak, "peak_dtype": dtype, "peak_source": source, "mfu": perf.mfu(ips, flops, peak),
         "params": int(model.count_params()), "jit_compile": settings["jit_compile"],
         "num_classes": settings["num_classes"], "head": "gap", "weights": "none", "seed": settings["seed"],
         "peak_host_memory_mb": backend.peak_host_memory_mb(),
@@ -155,18 +156,20 @@ def _mode_row(step, mode: str, model, forward_flops: float, key: dict, settings:
 
 def measure_model(model_name: str, image_size: int, batch_size: int, precision: str, modes=MODES, *,
                   steps: int = 20, warmup: int = 3, repeats: int = 3, num_classes: int = 10, seed: int = 0,
-                  jit_compile: bool | str = "auto", peak_gflops: dict | None = None) -> list[dict]:
+                  jit_compile: bool | str = "auto", peak_gflops: dict | None = None,
+                  peak_sources: dict | None = None) -> list[dict]:
     """Measure one model on the ACTIVE backend, in this process: one row per mode.
 
     ``peak_gflops`` maps a compute dtype (``"float32"``, ``"bfloat16"``...) to the
     machine's matmul peak in GFLOP/s (:func:`kbench.perf.machine_peak`); without
-    it ``mfu`` is ``None``. The process-wide dtype policy is set to ``precision``
+    it ``mfu`` is ``None``; ``peak_sources`` maps the same dtypes to ``"vendor"`` or
+    ``"measured"`` (stored as the rows' ``peak_source``). The process-wide dtype policy is set to ``precision``
     for the build and put back to ``float32`` afterwards.
 
     Returns:
         rows (dicts) with :data:`ROW_KEYS`, ``status`` ``"ok"``, the fields of
         :func:`summarize` (images/s, ms, s), ``flops_per_image`` (FLOPs),
-        ``achieved_gflops`` (GFLOP/s), ``peak_gflops``, ``mfu`` (fraction), ``params``.
+        ``achieved_gflops`` (GFLOP/s), ``peak_gflops``, ``peak_source``, ``mfu`` (fraction), ``params``.
 
     Raises:
         KbenchError: unknown model, size below its minimum, bad precision or mode.
@@ -194,7 +197,7 @@ def measure_model(model_name: str, image_size: int, batch_size: int, precision: 
         step_fns = _step_functions(model, x, y)
         key = {"model": model_name, "image_size": image_size, "batch_size": batch_size, "precision": precision}
         settings = {"steps": steps, "warmup": warmup, "repeats": repeats, "jit_compile": jit_compile,
-                    "num_classes": num_classes, "seed": seed}
+                    "num_classes": num_classes, "seed": seed, "peak_sources": peak_sources}
         return [_mode_row(step_fns[mode], mode, model, forward_flops, key, settings, peak_gflops) for mode in modes]
     finally:
         keras.config.set_dtype_policy("float32")
@@ -229,16 +232,18 @@ def run_worker(args) -> int:
         out.write(json.dumps(rec, default=str) + "\n")
         out.flush()
 
-    peaks, peak_info = {}, {}
+    peaks, sources, peak_info = {}, {}, {}
     if not args.no_peak:
         for dtype in sorted({PRECISION_DTYPES[p] for p in args.precision}):
             try:
                 info = perf.machine_peak(args.peak_file, dtype)
-                peaks[dtype] = info["gflops"]
-                peak_info[dtype] = {k: info.get(k) for k in ("gflops", "gflops_min", "gflops_max", "n", "cached",
+                peaks[dtype], sources[dtype] = info["gflops"], info.get("peak_source")
+                peak_info[dtype] = {k: info.get(k) for k in ("gflops", "peak_source", "measured_gflops", "vendor",
+                                                                "gflops_min", "gflops_max", "n", "cached",
                                                                 "measured_at", "path")}
-                _log(f"{backend.name()} matmul peak {dtype}: {info['gflops']:.1f} GFLOP/s "
-                     f"({'stored' if info['cached'] else 'measured now'})")
+                _log(f"{backend.name()} peak {dtype}: {info['gflops']:.1f} GFLOP/s ({info.get('peak_source')}; "
+                     f"matmul probe {info.get('measured_gflops') or 0:.1f} GFLOP/s, "
+                     f"{'stored' if info['cached'] else 'measured now'})")
             except Exception as e:  # noqa: BLE001 - MFU is optional; the bench goes on
                 peak_info[dtype] = {"error": f"{type(e).__name__}: {e}"}
     emit({"record": "env", "backend": backend.name(), "device": backend.device(), "versions": backend.versions(),
@@ -253,7 +258,8 @@ def run_worker(args) -> int:
                     try:
                         rows = measure_model(m, s, b, p, args.modes, steps=args.steps, warmup=args.warmup,
                                              repeats=args.repeats, num_classes=args.num_classes, seed=args.seed,
-                                             jit_compile=args.jit_compile, peak_gflops=peaks)
+                                             jit_compile=args.jit_compile, peak_gflops=peaks,
+                                             peak_sources=sources)
                     except Exception as e:  # noqa: BLE001 - one failing combination must not stop the rest
                         failed += 1
                         err = f"{type(e).__name__}: {str(e)[:500]}"

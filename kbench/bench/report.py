@@ -22,7 +22,8 @@ GAP_FACTOR = 3.0
 CSV_COLUMNS = ("backend", "model", "image_size", "batch_size", "precision", "mode", "status", "images_per_s",
                "images_per_s_min", "images_per_s_max", "relative_to_fastest", "fastest_backend", "step_ms_p50",
                "step_ms_p95", "compile_s", "first_step_s", "warmup_steps", "measured_steps", "repeats",
-               "flops_per_image", "achieved_gflops", "peak_gflops", "mfu", "params", "jit_compile", "error")
+               "flops_per_image", "achieved_gflops", "peak_gflops", "mfu", "params", "jit_compile", "error",
+               "peak_source")
 
 
 def _fmt_ips(v: float | None) -> str:
@@ -77,7 +78,8 @@ def findings(rows: list[dict], factor: float = GAP_FACTOR) -> list[str]:
       float32): jax 50 images/s vs tensorflow 580 (11.6x slower)"``;
     * every mixed precision more than ``factor`` x slower than float32 on the same backend;
     * every MFU above 100 % (the backend's matmul probe underestimates the peak that its
-      convolution kernels reach), one line per backend and precision;
+      convolution kernels reach; over a vendor peak, a counting or timing error), one line
+      per backend and precision;
     * every failed measurement (grouped by backend and error).
     """
     rows = annotate(rows)
@@ -101,6 +103,11 @@ def findings(rows: list[dict], factor: float = GAP_FACTOR) -> list[str]:
             over.setdefault((r["backend"], r["precision"]), []).append(r)
     for (b, p), rs in sorted(over.items()):
         top = max(rs, key=lambda r: r["mfu"])
+        if top.get("peak_source") == "vendor":
+            out.append(f"{b} {p}: MFU above 100 % of the vendor peak ({_fmt_ips(top.get('peak_gflops'))} GFLOP/s) "
+                       f"in {len(rs)} measurement{'s' if len(rs) != 1 else ''} (up to {100 * top['mfu']:.1f}%, "
+                       f"{top['model']} {top['mode']}): the FLOP count or the timing is wrong")
+            continue
         out.append(f"{b} {p}: MFU above 100 % in {len(rs)} measurement{'s' if len(rs) != 1 else ''} (up to "
                    f"{100 * top['mfu']:.1f}%, {top['model']} {top['mode']}): its matmul peak probe "
                    f"({_fmt_ips(top.get('peak_gflops'))} GFLOP/s) underestimates what its convolutions reach; "
@@ -174,11 +181,11 @@ def render_markdown(data: dict) -> str:
         lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v))
     for b, info in sorted(data.get("backends", {}).items()):
         dev = info.get("device") or {}
-        peaks = ", ".join(f"{d} {p['gflops']:.1f} GFLOP/s" for d, p in sorted((info.get("peaks") or {}).items())
-                          if p.get("gflops"))
+        peaks = ", ".join(f"{d} {p['gflops']:.1f} GFLOP/s" + (f" ({p['peak_source']})" if p.get("peak_source") else "")
+                          for d, p in sorted((info.get("peaks") or {}).items()) if p.get("gflops"))
         lines.append(f"- {b}: {info.get('status')}"
                      + (f", {dev.get('type')} {dev.get('name')}" if dev else "")
-                     + (f", matmul peak {peaks}" if peaks else "")
+                     + (f", peak {peaks}" if peaks else "")
                      + (f", wall {info['wall_s']:.0f} s" if info.get("wall_s") is not None else "")
                      + (f"; error: {info['error']}" if info.get("error") else ""))
     lines += ["", "## Results", "", "| " + " | ".join(RESULT_HEADERS) + " |",
@@ -194,8 +201,9 @@ def render_markdown(data: dict) -> str:
               "Warm-up steps (tracing and compilation) are excluded and reported as warm-up s. Every step ends with "
               "its results on the host. GFLOP/s = images/s x model FLOPs per image, counted from the model's "
               "conv/dense layers (2 x multiply-accumulates; training = 3 x forward, Kaplan et al. 2020); MFU = "
-              "GFLOP/s / the machine's measured matmul peak on the same backend and compute dtype "
-              "(`kbench.perf`).", ""]
+              "GFLOP/s / the peak for the compute dtype: the vendor's dense peak on a GPU in `kbench.gpu_peaks` "
+              "(peak source 'vendor'), otherwise the machine's measured matmul peak on the same backend "
+              "('measured'; `kbench.perf`).", ""]
     return "\n".join(lines)
 
 

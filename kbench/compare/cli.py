@@ -19,7 +19,7 @@ and the end of its log, and the other runs still report. The report
 The parent process never imports a backend: library versions come from
 ``importlib.metadata``. After the runs, one short probe subprocess per backend
 looks up the FLOPs per image (``kbench.perf.model_flops_per_image``) and the
-measured matmul peak (``kbench.perf.machine_peak``, cached per machine by
+peak (``kbench.perf.machine_peak``: vendor's on a known GPU, else measured; cached by
 kbench.perf); both are stored in every row (see
 :func:`kbench.compare.env.annotate_compute`), so the report needs nothing but the
 rows. One run and its row: :mod:`kbench.compare.run`.

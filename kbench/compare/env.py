@@ -112,7 +112,8 @@ def annotate_compute(rows: list[dict], out_dir: str, timeout_s: float = 900) -> 
     per backend, for the compute dtype of the runs (float32, or bfloat16 / float16
     for mixed precision); a row's ``peak.flops_per_s`` is the highest of the
     backends' peaks for its dtype, so every backend's MFU has the same denominator
-    (the machine's best measured matmul rate). Probe output goes to
+    (the machine's best measured matmul rate, or on a GPU in :mod:`kbench.gpu_peaks`
+    the vendor's dense peak: ``peak_source`` ``"vendor"`` or ``"measured"``). Probe output goes to
     ``out_dir/logs/probe-<backend>.log``. Never raises: what cannot be measured is
     ``None`` with the reason in ``error``.
     """
@@ -150,8 +151,14 @@ def annotate_compute(rows: list[dict], out_dir: str, timeout_s: float = 900) -> 
         errors = {b: p.get("errors", {}).get(f"peak {dtype}") or p.get("errors", {}).get("import")
                   or p.get("errors", {}).get("probe") for b, p in probes.items() if not by_backend.get(b)}
         own = probes.get(r["backend"], {}).get("peaks", {}).get(dtype) or {}
+        src = (probes.get(best, {}).get("peaks", {}).get(dtype) or {}) if best else {}
+        vendor = src.get("vendor") if src.get("peak_source") == "vendor" else None
         r["peak"] = {"flops_per_s": known[best] * 1e9 if best else None, "dtype": dtype, "backend": best,
+                     "peak_source": src.get("peak_source"), "vendor": vendor,
+                     "measured_gflops_by_backend": {b: (p.get("peaks", {}).get(dtype) or {}).get("measured_gflops")
+                                                    for b, p in probes.items()},
                      "gflops_by_backend": by_backend, "measured_at": own.get("measured_at"),
                      "method": own.get("method"),
-                     "source": "kbench.perf.machine_peak: highest keras.ops.matmul rate over the compared backends",
+                     "source": f"kbench.perf.machine_peak: vendor dense peak, {vendor['source']}" if vendor else
+                     "kbench.perf.machine_peak: highest keras.ops.matmul rate over the compared backends",
                      "error": "; ".join(f"{b}: {e}" for b, e in errors.items() if e) or None}

@@ -220,7 +220,9 @@ def _compute(rows: list[dict]) -> tuple[dict, list[str]]:
         notes.append("machine peak unavailable" + (f": {peak_info['error']}" if peak_info.get("error") else ""))
     compute = {"flops_per_image": flops_info, "peak_flops_per_s": finite_float((peak_info or {}).get("flops_per_s")),
                **{f"peak_{k}": (peak_info or {}).get(k) for k in ("dtype", "backend", "gflops_by_backend",
-                                                                "source", "method", "measured_at")}}
+                                                                "source", "method", "measured_at",
+                                                                "measured_gflops_by_backend")},
+               "peak_kind": (peak_info or {}).get("peak_source")}
     return compute, notes
 
 

@@ -145,13 +145,16 @@ def _md_compute(summary: dict) -> list[str]:
     """The compute section of ``compare.md``: FLOPs per image, GFLOP/s and MFU."""
     comp = summary["compute"]
     peak = comp["peak_flops_per_s"]
-    per = ", ".join(f"{b} {fmt(finite_float(g), '.1f')}" for b, g in (comp.get("peak_gflops_by_backend") or {}).items())
+    vendor = comp.get("peak_kind") == "vendor"
+    rates = comp.get("peak_measured_gflops_by_backend" if vendor else "peak_gflops_by_backend") or {}
+    per = ", ".join(f"{b} {fmt(finite_float(g), '.1f')}" for b, g in rates.items())
     out = ["", "## Compute", "",
            "Achieved GFLOP/s = images/s x FLOPs per image / 1e9; MFU = achieved / machine peak. FLOPs per image: "
            "`kbench.perf.model_flops_per_image` (analytic count of the backbone + head; training = 3 x forward). "
            f"Machine peak: {fmt(peak / 1e9 if peak else None, '.1f')} GFLOP/s {comp.get('peak_dtype') or ''}, the "
-           f"highest measured matmul rate over the backends ({per or '-'} GFLOP/s; "
-           f"{comp.get('peak_method') or 'kbench.perf.machine_peak'}; measured {comp.get('peak_measured_at') or '-'}).",
+           + (f"vendor dense peak ({comp.get('peak_source')}; measured matmul rates {per or '-'} GFLOP/s; "
+              if vendor else f"highest measured matmul rate over the backends ({per or '-'} GFLOP/s; ")
+           + f"{comp.get('peak_method') or 'kbench.perf.machine_peak'}; measured {comp.get('peak_measured_at') or '-'}).",
            ""]
     out += _md_table(["model", "GFLOPs/image inference", "GFLOPs/image training"],
                      [[k, fmt(_giga((v or {}).get("inference_per_image")), ".3f"),
