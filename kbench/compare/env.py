@@ -101,6 +101,28 @@ def _model_of(row: dict, out_dir: str) -> list | None:
     return [res["backbone"], int(res["image_size"]), head, len(res.get("class_names") or []) or 10]
 
 
+def _row_peak(r: dict, probes: dict) -> dict:
+    """The ``peak`` entry of one completed row (see :func:`annotate_compute`)."""
+    dtype = _dtype_of(r)
+    by_backend = {b: (p.get("peaks", {}).get(dtype) or {}).get("gflops") for b, p in probes.items()}
+    known = {b: g for b, g in by_backend.items() if g}
+    best = max(known, key=known.get) if known else None
+    errors = {b: p.get("errors", {}).get(f"peak {dtype}") or p.get("errors", {}).get("import")
+              or p.get("errors", {}).get("probe") for b, p in probes.items() if not by_backend.get(b)}
+    own = probes.get(r["backend"], {}).get("peaks", {}).get(dtype) or {}
+    src = (probes.get(best, {}).get("peaks", {}).get(dtype) or {}) if best else {}
+    vendor = src.get("vendor") if src.get("peak_source") == "vendor" else None
+    return {"flops_per_s": known[best] * 1e9 if best else None, "dtype": dtype, "backend": best,
+            "peak_source": src.get("peak_source"), "vendor": vendor,
+            "measured_gflops_by_backend": {b: (p.get("peaks", {}).get(dtype) or {}).get("measured_gflops")
+                                           for b, p in probes.items()},
+            "gflops_by_backend": by_backend, "measured_at": own.get("measured_at"),
+            "method": own.get("method"),
+            "source": f"kbench.perf.machine_peak: vendor dense peak, {vendor['source']}" if vendor else
+            "kbench.perf.machine_peak: highest keras.ops.matmul rate over the compared backends",
+            "error": "; ".join(f"{b}: {e}" for b, e in errors.items() if e) or None}
+
+
 def annotate_compute(rows: list[dict], out_dir: str, timeout_s: float = 900) -> None:
     """Store ``flops`` and ``peak`` in every completed row, in place, so the report
     needs nothing else.
@@ -144,21 +166,4 @@ def annotate_compute(rows: list[dict], out_dir: str, timeout_s: float = 900) -> 
                       "model": dict(zip(("backbone", "image_size", "head", "num_classes"), m or [])),
                       "source": "kbench.perf.model_flops_per_image (analytic count; training = 3 x forward)",
                       "error": err}
-        dtype = _dtype_of(r)
-        by_backend = {b: (p.get("peaks", {}).get(dtype) or {}).get("gflops") for b, p in probes.items()}
-        known = {b: g for b, g in by_backend.items() if g}
-        best = max(known, key=known.get) if known else None
-        errors = {b: p.get("errors", {}).get(f"peak {dtype}") or p.get("errors", {}).get("import")
-                  or p.get("errors", {}).get("probe") for b, p in probes.items() if not by_backend.get(b)}
-        own = probes.get(r["backend"], {}).get("peaks", {}).get(dtype) or {}
-        src = (probes.get(best, {}).get("peaks", {}).get(dtype) or {}) if best else {}
-        vendor = src.get("vendor") if src.get("peak_source") == "vendor" else None
-        r["peak"] = {"flops_per_s": known[best] * 1e9 if best else None, "dtype": dtype, "backend": best,
-                     "peak_source": src.get("peak_source"), "vendor": vendor,
-                     "measured_gflops_by_backend": {b: (p.get("peaks", {}).get(dtype) or {}).get("measured_gflops")
-                                                    for b, p in probes.items()},
-                     "gflops_by_backend": by_backend, "measured_at": own.get("measured_at"),
-                     "method": own.get("method"),
-                     "source": f"kbench.perf.machine_peak: vendor dense peak, {vendor['source']}" if vendor else
-                     "kbench.perf.machine_peak: highest keras.ops.matmul rate over the compared backends",
-                     "error": "; ".join(f"{b}: {e}" for b, e in errors.items() if e) or None}
+        r["peak"] = _row_peak(r, probes)
