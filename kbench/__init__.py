@@ -29,9 +29,12 @@ def check_backend_env() -> str | None:
 
     Returns ``None`` when it is one of :data:`BACKENDS` (unset: keras's default,
     ``tensorflow``) and that package is installed (looked up, not imported); else a
-    message naming the bad value or the missing package and what to do.
+    message naming the bad value or the missing package and what to do. A bad
+    ``KBENCH_XLA_CPU_FLAGS`` (:func:`kbench.xla.check_env`) is reported the same way.
     """
     value = _os.environ.get("KERAS_BACKEND")
+    if _xla.check_env():
+        return _xla.check_env()
     if value is not None and value not in BACKENDS:
         return f"KERAS_BACKEND={value!r} is not a backend kbench runs on; set it to one of: {', '.join(BACKENDS)}"
     name = value or "tensorflow"  # keras's default when unset

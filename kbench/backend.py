@@ -15,6 +15,7 @@ import sys
 
 import keras
 
+from kbench import KbenchError
 from kbench.host import cpu_flags, cpu_name
 
 
@@ -60,7 +61,14 @@ def gpu_devices() -> list[str]:
     if b == "jax":
         import jax
 
-        return [str(getattr(d, "device_kind", None) or d) for d in jax.devices() if d.platform == "gpu"]
+        try:
+            devices = jax.devices()
+        except Exception as e:  # noqa: BLE001 - e.g. JAX_PLATFORMS=cuda without a GPU or CUDA plugin
+            detail = str(e).strip()[:200]
+            raise KbenchError(f"JAX cannot start a device ({type(e).__name__}{': ' + detail if detail else ''}); "
+                              f"JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS')!r}: unset it (JAX picks the device) "
+                              "or install the jax plugin for that platform") from None
+        return [str(getattr(d, "device_kind", None) or d) for d in devices if d.platform == "gpu"]
     if b == "tensorflow":
         import tensorflow as tf
 

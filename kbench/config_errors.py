@@ -11,6 +11,9 @@ from dataclasses import fields
 
 from jsonargparse import ArgumentError
 
+#: Keys whose type is a union of other types than ``X | None``: what to say they accept.
+UNION_WANTS = {"trainer.profile": "true, false or trace"}
+
 
 def explain(message: str, sections: dict) -> str:
     """Add the valid keys (and the closest match) to an unknown-key error message
@@ -41,6 +44,9 @@ def error_message(error: ArgumentError, sections: dict) -> str:
     if union:  # an Optional[...] key: the first subtype's complaint and the value, on one line
         first = re.search(r"Errors:\s+- (.*?)(?:\. Got value: .*)?\n", msg)
         given = re.search(r"Given value: (.*)", msg)
+        if union.group(1) in UNION_WANTS:
+            return (f"{union.group(1)}: expected {UNION_WANTS[union.group(1)]}, got "
+                    f"{given.group(1) if given else 'another type'}")
         want = first.group(1) if first else "another type"
         out = (f"{union.group(1)}: {want[0].lower() + want[1:]} or null, got "
                f"{given.group(1) if given else 'another type'}")
@@ -49,4 +55,4 @@ def error_message(error: ArgumentError, sections: dict) -> str:
     return re.sub(r"a typing\.Literal\[(.*?)\]", r"one of [\1]", explain(msg, sections))
 
 
-__all__ = ["error_message", "explain"]
+__all__ = ["UNION_WANTS", "error_message", "explain"]

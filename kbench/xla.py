@@ -32,8 +32,10 @@ from importlib.util import find_spec
 
 #: The flags kbench adds to ``XLA_FLAGS`` for JAX on a CPU.
 CPU_FLAGS = ("--xla_disable_hlo_passes=algsimp",)
-#: Environment variable: ``off`` keeps kbench from touching ``XLA_FLAGS``.
+#: Environment variable: ``off`` keeps kbench from touching ``XLA_FLAGS`` (and keras's kernels).
 OPT_OUT_ENV = "KBENCH_XLA_CPU_FLAGS"
+#: Its accepted values (case-insensitive; unset = ``auto``).
+OPT_OUT_VALUES = ("auto", "off")
 #: Modules whose presence means JAX may run on an accelerator (looked up, never imported).
 ACCELERATOR_PLUGINS = ("jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                        "jax_rocm7_plugin", "libtpu")
@@ -57,11 +59,21 @@ def jax_cpu_only() -> bool:
     return True
 
 
+def check_env() -> str | None:
+    """The problem with ``KBENCH_XLA_CPU_FLAGS``, if any, as one message (None when unset or
+    one of :data:`OPT_OUT_VALUES`); ``kbench.check_backend_env`` reports it."""
+    value = os.environ.get(OPT_OUT_ENV)
+    if value is None or value.strip().lower() in OPT_OUT_VALUES:
+        return None
+    return (f"{OPT_OUT_ENV}={value!r} is not a setting: use off (no XLA flags, keras's own kernels) or auto "
+            f"(the default: kbench's fixes for JAX on a CPU, docs/bench.md)")
+
+
 def cpu_fixes_wanted() -> bool:
     """True when kbench's JAX-on-CPU fixes apply: ``KERAS_BACKEND=jax``, JAX CPU-only
     (:func:`jax_cpu_only`) and ``KBENCH_XLA_CPU_FLAGS`` is not ``off``."""
-    return (os.environ.get("KERAS_BACKEND") == "jax" and os.environ.get(OPT_OUT_ENV, "auto").lower() != "off"
-            and jax_cpu_only())
+    return (os.environ.get("KERAS_BACKEND") == "jax" and os.environ.get(OPT_OUT_ENV, "auto").strip().lower() != "off"
+            and check_env() is None and jax_cpu_only())
 
 
 def note_kernel(what: str) -> None:
@@ -88,9 +100,11 @@ def apply_cpu_flags() -> list[str]:
 def record() -> dict:
     """What results.json stores as ``xla_flags``: ``{"XLA_FLAGS": the variable's value
     (None when unset), "set_by_kbench": the flags kbench added in this process, "kernels": the
-    keras kernels kbench replaced (:func:`kbench.backend.use_fast_cpu_kernels`)}``."""
-    return {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "set_by_kbench": list(_applied), "kernels": list(_kernels)}
+    keras kernels kbench replaced (:func:`kbench.backend.use_fast_cpu_kernels`), "setting": the
+    value of ``KBENCH_XLA_CPU_FLAGS`` (None when unset)}``."""
+    return {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "set_by_kbench": list(_applied), "kernels": list(_kernels),
+            "setting": os.environ.get(OPT_OUT_ENV)}
 
 
-__all__ = ["ACCELERATOR_PLUGINS", "CPU_FLAGS", "OPT_OUT_ENV", "apply_cpu_flags", "cpu_fixes_wanted", "jax_cpu_only",
+__all__ = ["ACCELERATOR_PLUGINS", "CPU_FLAGS", "OPT_OUT_ENV", "OPT_OUT_VALUES", "apply_cpu_flags", "check_env", "cpu_fixes_wanted", "jax_cpu_only",
            "note_kernel", "record"]

@@ -23,29 +23,35 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from kbench.models.registry import BACKBONES  # noqa: E402 - keras-free
+
 #: label -> (backend, extra environment)
 CONFIGS = {"tensorflow": ("tensorflow", {}), "jax_off": ("jax", {"KBENCH_XLA_CPU_FLAGS": "off"}),
            "jax_on": ("jax", {})}
-MODELS = ("vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenetv2", "mobilenetv3small", "densenet121",
-          "xception", "efficientnetb0", "convnexttiny")
+MODELS = tuple(BACKBONES)
 
 
 def _size(model: str, size: int) -> int:
     return max(size, 71) if model == "xception" else size  # Xception's smallest input is 71 px
 
 
-def _run(out: Path, model: str, size: int, label: str, args) -> None:
+def _run(out: Path, model: str, size: int, label: str, args) -> int:
     backend, extra = CONFIGS[label]
     dest = out / f"{model}-{size}" / label
     if (dest / "bench.json").exists():
-        return
+        return 0
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "KBENCH_XLA_CPU_FLAGS")}
     env.update(extra, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "kbench.bench", "--models", model, "--image-size", str(size), "--batch-size",
            str(args.batch_size), "--backends", backend, "--precision", args.precision, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--no-peak", "--output", str(dest)]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL)
+    code = subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL).returncode
+    if code:
+        print(f"{label} on {model}: kbench.bench exited with status {code}; see {dest}/bench.md and {dest}/logs/",
+              file=sys.stderr, flush=True)
+    return code
 
 
 def _ips(out: Path, model: str, size: int, label: str) -> dict:
@@ -79,23 +85,27 @@ def table(out: Path, models, size: int) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per backbone and config)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated registry backbones (default: all)")
+    p.add_argument("--image-size", type=int, default=64, help="input side in pixels (Xception: at least 71)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", default="float32")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only-table", action="store_true")
+    p.add_argument("--precision", default="float32", help="a kbench.bench precision")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats")
+    p.add_argument("--only-table", action="store_true", help="reprint the table of an earlier --out")
     args = p.parse_args()
     models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        p.error(f"--models: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(MODELS)}")
+    failed = 0
     if not args.only_table:
         for m in models:
             for label in CONFIGS:
-                _run(args.out, m, _size(m, args.image_size), label, args)
+                failed += bool(_run(args.out, m, _size(m, args.image_size), label, args))
     print(table(args.out, models, args.image_size))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_added_for_jax_on_cpu_and_recorded(clean_env):
     assert xla.apply_cpu_flags() == [FLAG]
     assert os.environ["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {FLAG}"
     assert xla.record() == {"XLA_FLAGS": f"--xla_cpu_enable_fast_math=false {FLAG}", "set_by_kbench": [FLAG],
-                            "kernels": []}
+                            "kernels": [], "setting": None}
     assert xla.apply_cpu_flags() == []  # idempotent: the user's/earlier entry wins
     assert os.environ["XLA_FLAGS"].count(FLAG) == 1
 
@@ -53,6 +53,23 @@ def test_not_added(clean_env, setting):
     assert xla.apply_cpu_flags() == []
     assert os.environ.get("XLA_FLAGS") == before
     assert xla.record()["set_by_kbench"] == []
+
+
+@pytest.mark.parametrize("value,ok", [(None, True), ("off", True), ("OFF", True), (" auto ", True),
+                                      ("false", False), ("0", False), ("banana", False)])
+def test_setting_values_are_checked(clean_env, value, ok):
+    """Only off/auto are settings: a typo such as ``false`` is refused by check_backend_env (one line,
+    exit 2 in the tools), never silently read as "on"."""
+    import kbench
+
+    if value is not None:
+        clean_env.setenv(xla.OPT_OUT_ENV, value)
+    msg = xla.check_env()
+    assert (msg is None) is ok
+    if not ok:
+        assert msg == (f"KBENCH_XLA_CPU_FLAGS={value!r} is not a setting: use off (no XLA flags, keras's own kernels) "
+                       "or auto (the default: kbench's fixes for JAX on a CPU, docs/bench.md)")
+        assert kbench.check_backend_env() == msg and xla.apply_cpu_flags() == []
 
 
 @pytest.mark.parametrize("platforms,expected", [("cpu", True), ("CPU", True), ("cuda", False), ("cuda,cpu", False)])
@@ -101,8 +118,8 @@ def test_flag_reaches_xla_and_keeps_the_numbers():
 
     fixed, default = run({}), run({xla.OPT_OUT_ENV: "off"})
     kernel = ["depthwise_conv: shift-and-add (kbench.backend.shift_add_depthwise_conv)"]
-    assert fixed["record"] == {"XLA_FLAGS": FLAG, "set_by_kbench": [FLAG], "kernels": kernel}
-    assert default["record"] == {"XLA_FLAGS": None, "set_by_kbench": [], "kernels": []}
+    assert fixed["record"] == {"XLA_FLAGS": FLAG, "set_by_kbench": [FLAG], "kernels": kernel, "setting": None}
+    assert default["record"] == {"XLA_FLAGS": None, "set_by_kbench": [], "kernels": [], "setting": "off"}
     assert fixed["swapped"] is False and default["swapped"] is True
     import numpy as np
 

@@ -81,7 +81,7 @@ def _worker_argv(args, backend_name: str, rows_file: str) -> list[str]:
 
 def _read_rows(rows_file: str) -> tuple[list[dict], dict]:
     """The measurement rows of a worker's rows file and its environment record
-    (``device``, ``versions``, ``peaks``; empty when it wrote none). Lines cut short by
+    (``device``, ``versions``, ``peaks``, ``xla_flags``; empty when it wrote none). Lines cut short by
     a crash are skipped; a missing file gives ``([], {})``."""
     rows, env = [], {}
     try:
@@ -92,7 +92,7 @@ def _read_rows(rows_file: str) -> tuple[list[dict], dict]:
                 except ValueError:
                     continue  # a line cut short by a crash
                 if rec.pop("record", None) == "env":
-                    env = {k: rec.get(k) for k in ("device", "versions", "peaks")}
+                    env = {k: rec.get(k) for k in ("device", "versions", "peaks", "xla_flags")}
                 else:
                     rows.append(rec)
     except OSError:

@@ -235,3 +235,15 @@ def test_bench_cli_one_backend_subprocess(tmp_path):
     assert row["backend"] == b and row["images_per_s"] > 0 and row["measured_steps"] == 2
     assert data["backends"][b]["versions"]["keras"] == keras.__version__
     assert {"bench.json", "bench.csv", "bench.md"} <= set(os.listdir(out))
+
+
+def test_worker_env_record_keeps_xla_flags(tmp_path):
+    """The worker's environment record reaches bench.json's ``backends`` with its ``xla_flags``."""
+    flags = {"XLA_FLAGS": "--xla_disable_hlo_passes=algsimp", "set_by_kbench": ["--xla_disable_hlo_passes=algsimp"],
+             "kernels": [], "setting": None}
+    f = tmp_path / "jax.rows.jsonl"
+    f.write_text(json.dumps({"record": "env", "device": {"type": "cpu"}, "versions": {"jax": "0.10.2"}, "peaks": {},
+                             "xla_flags": flags}) + "\n" + json.dumps({"record": "row", "mode": "train"}) + "\n{cut")
+    rows, env = bench._read_rows(str(f))
+    assert rows == [{"mode": "train"}]
+    assert env == {"device": {"type": "cpu"}, "versions": {"jax": "0.10.2"}, "peaks": {}, "xla_flags": flags}
