@@ -72,7 +72,7 @@ def _ratio(a, b) -> str:
 
 def table(out: Path, models, size: int) -> str:
     """The markdown table: per backbone and mode, images/s of TF, JAX off, JAX on, speed-up and JAX on vs TF."""
-    lines = ["| backbone | mode | TF images/s | JAX default | JAX + kbench flag | flag speed-up | JAX+flag / TF |",
+    lines = ["| backbone | mode | TF images/s | JAX, fixes off | JAX, kbench fixes | speed-up | JAX fixed / TF |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for m in models:
         r = {label: _ips(out, m, _size(m, size), label) for label in CONFIGS}
