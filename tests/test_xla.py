@@ -30,17 +30,22 @@ def test_cpu_flags_are_the_algsimp_switch():
 
 
 def test_added_for_jax_on_cpu_and_recorded(clean_env):
+    clean_env.setenv(xla.OPT_OUT_ENV, "algsimp")
     clean_env.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     assert xla.apply_cpu_flags() == [FLAG]
     assert os.environ["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {FLAG}"
     assert xla.record() == {"XLA_FLAGS": f"--xla_cpu_enable_fast_math=false {FLAG}", "set_by_kbench": [FLAG],
-                            "kernels": [], "setting": None}
+                            "kernels": [], "setting": "algsimp"}
     assert xla.apply_cpu_flags() == []  # idempotent: the user's/earlier entry wins
     assert os.environ["XLA_FLAGS"].count(FLAG) == 1
 
 
-@pytest.mark.parametrize("setting", ["torch", "tensorflow", "off", "user_passes", "gpu"])
+@pytest.mark.parametrize("setting", ["default", "torch", "tensorflow", "off", "user_passes", "gpu"])
 def test_not_added(clean_env, setting):
+    """The XLA flag is opt-in (``algsimp``); with it asked for, still never off JAX, with the user's own
+    ``--xla_disable_hlo_passes``, or where JAX may use an accelerator."""
+    if setting != "default":
+        clean_env.setenv(xla.OPT_OUT_ENV, "algsimp")
     if setting in ("torch", "tensorflow"):
         clean_env.setenv("KERAS_BACKEND", setting)
     elif setting == "off":
@@ -55,7 +60,7 @@ def test_not_added(clean_env, setting):
     assert xla.record()["set_by_kbench"] == []
 
 
-@pytest.mark.parametrize("value,ok", [(None, True), ("off", True), ("OFF", True), (" auto ", True),
+@pytest.mark.parametrize("value,ok", [(None, True), ("off", True), ("OFF", True), (" auto ", True), ("algsimp", True),
                                       ("false", False), ("0", False), ("banana", False)])
 def test_setting_values_are_checked(clean_env, value, ok):
     """Only off/auto are settings: a typo such as ``false`` is refused by check_backend_env (one line,
@@ -67,8 +72,8 @@ def test_setting_values_are_checked(clean_env, value, ok):
     msg = xla.check_env()
     assert (msg is None) is ok
     if not ok:
-        assert msg == (f"KBENCH_XLA_CPU_FLAGS={value!r} is not a setting: use off (no XLA flags, keras's own kernels) "
-                       "or auto (the default: kbench's fixes for JAX on a CPU, docs/bench.md)")
+        assert msg == (f"KBENCH_XLA_CPU_FLAGS={value!r} is not a setting: use auto (the default: kbench's depthwise "
+                       "kernel for JAX on a CPU), algsimp (also XLA's algsimp pass off) or off (neither); docs/bench.md")
         assert kbench.check_backend_env() == msg and xla.apply_cpu_flags() == []
 
 
@@ -116,9 +121,9 @@ def test_flag_reaches_xla_and_keeps_the_numbers():
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    fixed, default = run({}), run({xla.OPT_OUT_ENV: "off"})
+    fixed, default = run({xla.OPT_OUT_ENV: "algsimp"}), run({xla.OPT_OUT_ENV: "off"})
     kernel = ["depthwise_conv: shift-and-add (kbench.backend.shift_add_depthwise_conv)"]
-    assert fixed["record"] == {"XLA_FLAGS": FLAG, "set_by_kbench": [FLAG], "kernels": kernel, "setting": None}
+    assert fixed["record"] == {"XLA_FLAGS": FLAG, "set_by_kbench": [FLAG], "kernels": kernel, "setting": "algsimp"}
     assert default["record"] == {"XLA_FLAGS": None, "set_by_kbench": [], "kernels": [], "setting": "off"}
     assert fixed["swapped"] is False and default["swapped"] is True
     import numpy as np
