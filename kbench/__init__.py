@@ -33,8 +33,9 @@ def check_backend_env() -> str | None:
     ``KBENCH_XLA_CPU_FLAGS`` (:func:`kbench.xla.check_env`) is reported the same way.
     """
     value = _os.environ.get("KERAS_BACKEND")
-    if _xla.check_env():
-        return _xla.check_env()
+    bad_setting = _xla.check_env()
+    if bad_setting:
+        return bad_setting
     if value is not None and value not in BACKENDS:
         return f"KERAS_BACKEND={value!r} is not a backend kbench runs on; set it to one of: {', '.join(BACKENDS)}"
     name = value or "tensorflow"  # keras's default when unset
