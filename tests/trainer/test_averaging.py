@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from marks import slow_on
 
 from kbench import KbenchError
 from kbench.config import parse
@@ -177,6 +178,7 @@ def test_ema_validates_tests_and_saves_the_averaged_weights(cifar_dir, tmp_path)
     assert state["ema_in_model"] is True
 
 
+@slow_on("tensorflow")  # CI time: 80-150 s on TensorFlow (2026-12-05 CI), covered in CI on jax and torch
 def test_ema_crash_and_resume_is_exact(cifar_dir, tmp_path, ema_clean):
     clean, clean_dir = ema_clean
     # crash at the end of epoch 1 (phase 1 done): the resumed phase 2 starts from the checkpoint's EMA weights
@@ -218,6 +220,7 @@ def swa_clean(cifar_dir, tmp_path_factory):
     return results, rec, _only_run_dir(root), cfg
 
 
+@slow_on("tensorflow")  # CI time: 80-150 s on TensorFlow (2026-12-05 CI), covered in CI on jax and torch
 def test_swa_tests_and_saves_the_average_of_the_last_epochs(swa_clean):
     results, rec, run_dir, cfg = swa_clean
     swa = results["swa"]
@@ -244,6 +247,7 @@ def test_swa_tests_and_saves_the_average_of_the_last_epochs(swa_clean):
     assert state["swa"]["epochs"] == [2, 3]
 
 
+@slow_on("tensorflow")  # CI time: 80-150 s on TensorFlow (2026-12-05 CI), covered in CI on jax and torch
 def test_swa_crash_and_resume_is_exact(cifar_dir, tmp_path, swa_clean, monkeypatch):
     clean, _, clean_dir, _ = swa_clean
     # crash in epoch 3: the epoch-2 checkpoint holds the average of epoch 2 (swa.npz)

@@ -23,6 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from marks import slow_on
 
 from kbench.config import parse
 from kbench.run import main, run
@@ -154,6 +155,7 @@ def _checkpoint(run_dir, tag) -> list[np.ndarray]:
         return [z[k] for k in sorted(z.files)]
 
 
+@slow_on("tensorflow")  # CI time: 80-150 s on TensorFlow (2026-12-05 CI), covered in CI on jax and torch
 def test_gradual_bn_train_sigkill_in_stage_2_then_exact_resume(cifar_dir, tmp_path):
     (tmp_path / "clean").mkdir()
     clean = run(parse([*GRADUAL_BN, "--data.root", str(cifar_dir), "--trainer.default_root_dir",
