@@ -21,6 +21,8 @@ BACKENDS = ("jax", "tensorflow", "torch")
 # kbench.backend.resolve_precision) and the compute dtype of each.
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 PROFILE_MODES = (False, True, "trace")  # trainer.profile: see kbench.trainer.profile
+STRATEGIES = ("auto", "single", "data_parallel")  # trainer.strategy: see kbench.backend.distributed
+LR_SCALINGS = ("none", "linear")  # trainer.lr_scaling: see kbench.trainer.replicas
 PRECISION_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 

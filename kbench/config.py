@@ -22,7 +22,7 @@ from typing import Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-from kbench import PRECISIONS, PROFILE_MODES, KbenchError
+from kbench import LR_SCALINGS, PRECISIONS, PROFILE_MODES, STRATEGIES, KbenchError
 from kbench.config_errors import error_message
 from kbench.data.augment_policy import IMAGE_OPS, TARGET_OPS
 from kbench.data.sources import INTERPOLATIONS, SOURCES
@@ -52,13 +52,15 @@ PrecisionName = Literal[tuple(PRECISIONS)]
 MonitorName = Literal[tuple(MONITORS)]
 LoggerName = Literal[tuple(LOGGERS)]
 ProfileMode = Union[bool, Literal[tuple(m for m in PROFILE_MODES if isinstance(m, str))]]
+StrategyName = Literal[tuple(STRATEGIES)]
+LrScaling = Literal[tuple(LR_SCALINGS)]
 # Which config key takes its values from which registry (tests/test_config.py checks them).
 CHOICES = {"model.backbone": BackboneName, "data.source": SourceName, "data.interpolation": InterpolationName,
            "model.head": HeadName, "model.preprocess": PreprocessName, "recipe.name": RecipeName,
            "recipe.optimizer": OptimizerName, "recipe.cache": CacheMode,
            "recipe.schedule": ScheduleName, "recipe.bn": BnMode, "trainer.precision": PrecisionName,
            "trainer.monitor": MonitorName, "trainer.loggers": LoggerName,
-           "trainer.profile": ProfileMode}
+           "trainer.profile": ProfileMode, "trainer.strategy": StrategyName, "trainer.lr_scaling": LrScaling}
 
 
 @dataclass
@@ -234,6 +236,9 @@ class TrainerConfig:
             epoch and at Ctrl-C); --resume from one continues exactly at that step.
         loggers: experiment trackers (csv is always on; see kbench.trainer.tracking).
         profile: true = where the time goes in results.json; trace = also the backend's trace (kbench.trainer.profile).
+        strategy: auto, single or data_parallel (kbench.backend.distributed; README "Scaling out").
+        devices: device count or list of indices (null = all; PyTorch: one per torchrun process).
+        lr_scaling: none = data.batch_size is the global batch; linear = per device, learning rate x replicas.
     """
 
     max_epochs: Optional[int] = None
@@ -257,6 +262,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: Optional[int] = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["csv"])
     profile: ProfileMode = False
+    strategy: StrategyName = "auto"
+    devices: Optional[Union[int, list[int]]] = None
+    lr_scaling: LrScaling = "none"
 
 
 @dataclass
@@ -296,7 +304,7 @@ def build_parser(prog: str = "python -m kbench.run") -> ArgumentParser:
 # Keys that may differ between a run and its --resume (they do not change results).
 RESUME_MAY_DIFFER = {"trainer.enable_progress_bar", "trainer.default_root_dir", "trainer.name",
                      "trainer.inference_batches", "trainer.checkpoint_every_n_steps", "trainer.loggers",
-                     "trainer.profile"}
+                     "trainer.profile", "trainer.strategy", "trainer.devices"}
 
 
 def _fail(msg: str, prog: str = "python -m kbench.run"):

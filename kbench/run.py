@@ -37,7 +37,11 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
     trainer, dm, model, recipe = build_parts(cfg, callbacks, before_data=lambda _recipe: _check_resume_or_root(cfg))
     if not cfg.resume:
         trainer.make_run_dir()
-    return trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
+    results = trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
+    from kbench.backend import distributed
+
+    distributed.finish()  # PyTorch under torchrun: end the process group
+    return results
 
 
 def build_parts(cfg: RunConfig, callbacks: list | None = None, before_data: Callable | None = None) -> tuple:
@@ -56,7 +60,8 @@ def build_parts(cfg: RunConfig, callbacks: list | None = None, before_data: Call
     from kbench.models import build_model
     from kbench.trainer import setup_process
 
-    setup_process(cfg.trainer.precision, cfg.trainer.seed, cfg.trainer.deterministic)
+    setup_process(cfg.trainer.precision, cfg.trainer.seed, cfg.trainer.deterministic, cfg.trainer.strategy,
+                  cfg.trainer.devices)
     spec, recipe = _model_spec_and_recipe(cfg)
     trainer = build_trainer(cfg, callbacks)
     trainer.profiler.start()  # trainer.profile: data and model times count too
@@ -100,11 +105,13 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None):
     Raises:
         KbenchError: a trainer setting out of range.
     """
+    from kbench.backend import distributed
     from kbench.trainer import Trainer
 
     name = cfg.trainer.name or f"{cfg.model.backbone}-{cfg.recipe.name}"
-    return Trainer(**{**vars(cfg.trainer), "name": name}, callbacks=callbacks, console=console,
-                   process_setup=False)
+    chief = distributed.current().is_chief  # other processes of a torchrun group stay quiet
+    return Trainer(**{**vars(cfg.trainer), "name": name}, callbacks=callbacks,
+                   console=console if chief else Console(quiet=True), process_setup=False)
 
 
 def _check_resume_or_root(cfg: RunConfig) -> None:

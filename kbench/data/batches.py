@@ -87,6 +87,9 @@ class BatchSequence(keras.utils.PyDataset):
     ``limit_batches``: int = number of batches, float = fraction of them. Image batches
     are built ahead in threads (:data:`PREFETCH_BATCHES`, same results).
     :meth:`tail` serves only an epoch's last batches (resuming inside an epoch).
+    ``shard = (rank, processes)``: serve this process's contiguous part of every batch
+    (a batch whose size does not divide by ``processes`` whole; see
+    :mod:`kbench.trainer.replicas`); :meth:`batch_sizes` stays the global batches'.
     """
 
     def __init__(self, x, y, batch_size: int, image_size: int | None, shuffle: bool = False, seed: int = 0,
@@ -99,6 +102,7 @@ class BatchSequence(keras.utils.PyDataset):
         self.n_batches = count_batches(len(y), batch_size, limit_batches)
         self.epoch = 0
         self.offset = 0
+        self.shard: tuple[int, int] | None = None
         self._pending: dict = {}  # (epoch, served batch) -> Future of a batch built ahead
 
     def tail(self, start: int) -> "BatchSequence":
@@ -161,10 +165,19 @@ class BatchSequence(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         j, idx = self.indices(i)
         if self.image_size is None:
-            return self.x[idx], self.y[idx]
+            return self.part((self.x[idx], self.y[idx]))
         if not PREFETCH_BATCHES:
-            return self._build(j, idx, self.epoch)
-        return self._prefetched(i, j, idx)
+            return self.part(self._build(j, idx, self.epoch))
+        return self.part(self._prefetched(i, j, idx))
+
+    def part(self, batch: tuple) -> tuple:
+        """This process's part of a global ``batch`` under :attr:`shard` (the whole batch
+        when its size does not divide by the process count), else ``batch``."""
+        n = len(batch[-1])
+        if self.shard is None or n % self.shard[1]:
+            return batch
+        rank, size = self.shard[0], n // self.shard[1]
+        return tuple(b[rank * size:(rank + 1) * size] for b in batch)
 
     def _prefetched(self, i: int, j: int, idx: np.ndarray):
         """Served batch ``i`` (epoch batch ``j``, samples ``idx``) from the batches built
@@ -196,4 +209,4 @@ class TwoViewSequence(BatchSequence):
         m = flip_mask(self.seed, self.epoch, i, len(idx))
         xb = plain[idx]
         xb[m] = mirrored[idx[m]]
-        return xb, self.y[idx]
+        return self.part((xb, self.y[idx]))

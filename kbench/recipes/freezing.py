@@ -151,7 +151,7 @@ def frozen_variables(model: keras.Model) -> list:
 
 def snapshot_frozen(model: keras.Model) -> dict[str, np.ndarray]:
     """Copies of every variable of :func:`frozen_variables`, by variable path."""
-    return {v.path: np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in frozen_variables(model)}
+    return {v.path: np.array(keras.ops.convert_to_numpy(v), copy=True) for v in frozen_variables(model)}
 
 
 def training_bn_layers(model: keras.Model) -> list[str]:
@@ -179,7 +179,7 @@ def check_frozen_unchanged(model: keras.Model, before: dict[str, np.ndarray], ph
         old = before.get(v.path)
         if old is not None:
             checked += 1
-            if not np.array_equal(old, keras.ops.convert_to_numpy(v.value)):
+            if not np.array_equal(old, keras.ops.convert_to_numpy(v)):
                 changed.append(v.path)
     if changed:
         raise RuntimeError(f"phase {phase!r} changed {len(changed)} frozen variable(s): {', '.join(changed[:10])}")

@@ -357,14 +357,21 @@ class SignalGuard:
     signal raises ``KeyboardInterrupt`` at once. Handlers are restored on exit
     (signals can only be handled in the main thread; elsewhere this is a no-op)."""
 
+    #: seconds after the first signal in which a second one counts as the same: torchrun
+    #: forwards the terminal's Ctrl-C to its processes, which got it from the terminal too.
+    REPEAT_WINDOW_S = 2.0
+
     def __init__(self):
         self.signum: int | None = None
         self._old: dict = {}
+        self._at = 0.0
 
     def _handle(self, signum, frame):
         if self.signum is not None:
+            if time.monotonic() - self._at < self.REPEAT_WINDOW_S:
+                return
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self._at = signum, time.monotonic()
 
     def check(self, where: str = "outside_fit") -> None:
         """Raise :class:`TrainingInterrupted` (with ``where``) if a signal arrived."""
@@ -437,6 +444,23 @@ class GuardCallback(keras.callbacks.Callback):
 
     def on_predict_batch_end(self, batch, logs=None):
         self._raise_if_signalled("outside_fit")
+
+
+class ReplicaSignals(keras.callbacks.Callback):
+    """With several processes (PyTorch under torchrun): after every training batch and
+    epoch, every process learns whether any process got a signal
+    (:func:`kbench.backend.distributed.agree_signal`), so all stop at the same batch and
+    the chief writes the checkpoint. Placed first among a phase's callbacks."""
+
+    def __init__(self, guard: SignalGuard):
+        super().__init__()
+        self.guard = guard
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.guard.signum = backend.distributed.agree_signal(self.guard.signum)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.guard.signum = backend.distributed.agree_signal(self.guard.signum)
 
 
 def is_last_batch(params: dict | None, batch: int) -> bool:

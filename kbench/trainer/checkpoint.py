@@ -59,7 +59,7 @@ LAST = "last.json"
 
 
 def _values(variables) -> list[np.ndarray]:
-    return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
+    return [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
 
 
 def _write_npz(path: str, arrays: list[np.ndarray]) -> None:

@@ -178,7 +178,7 @@ def sweep(net: keras.Model, batches, compile_fn: Callable, variables: list, step
     schedule = keras.optimizers.schedules.ExponentialDecay(start_lr, decay_steps=steps - 1,
                                                            decay_rate=end_lr / start_lr)
     lrs = [float(keras.ops.convert_to_numpy(schedule(i))) for i in range(steps)]
-    saved = [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
+    saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
     losses, avg, best, diverged = [], 0.0, math.inf, False
     try:
         compile_fn(net, schedule)

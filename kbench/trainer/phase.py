@@ -31,7 +31,7 @@ from kbench.recipes import apply_phase, check_frozen_unchanged, count_params, fi
 from kbench.recipes.freezing import training_bn_layers
 from kbench.recipes.layerwise import describe, layer_multipliers, variable_multiplier
 from kbench.recipes.schedules import phase_learning_rate
-from kbench.trainer import checkpoint, lr_finder
+from kbench.trainer import checkpoint, lr_finder, replicas
 from kbench.trainer.averaging import Averaging
 from kbench.trainer.callbacks import LearningRateTrace, MaxStepsStopper, MetricsLogger, ThroughputMeter, current_lr
 from kbench.trainer.plan import PhasePlan
@@ -142,7 +142,7 @@ class PhaseRun:
                               targets=run.recipe.targets)
             val = dm.loader("val", run.model.image_size, limit_batches=limit("val")) if len(dm.val) else None
         train.epoch = self.entry_epoch
-        self.train_seq = train
+        self.train_seq = replicas.shard_training(train)
         return train, val
 
     def _two_views(self, plain, seq: BatchSequence) -> TwoViewSequence:
@@ -175,6 +175,7 @@ class PhaseRun:
             saved = checkpoint.load_state(plan.resume_ckpt)
             checkpoint.restore_optimizer(plan.resume_ckpt, self.net, saved)
             self.run.averaging.optimizer_restored(self.net, saved)
+        backend.distributed.prepare_model(self.net)  # PyTorch under torchrun: DDP
         self.state.net = self.net
 
     def steps_per_execution(self) -> int:
@@ -194,7 +195,7 @@ class PhaseRun:
         checkpoint recorded (``learning_rate_found`` in its state)."""
         lr = self.plan.phase.learning_rate
         if not isinstance(lr, str):
-            return lr
+            return lr * replicas.lr_factor(self.trainer.lr_scaling)
         if self.found_lr is None:
             self.found_lr = lr_finder.auto_learning_rate(self)
         return self.found_lr
@@ -227,7 +228,7 @@ class PhaseRun:
         trace = LearningRateTrace(self.run.lr_trace_path, self.plan.phase.name, self.meter)
         before, after = avg.callbacks(self.plan, self.start_epoch, model.keras_model)
         tracking = self.run.tracking.callbacks(self.meter, self.logger, trace) if self.run.tracking else []
-        return [self.meter, self.logger, trace, *before, self.saver, *after, self.stepper,
+        return [*replicas.signal_callbacks(self.tools.guard), self.meter, self.logger, trace, *before, self.saver, *after, self.stepper,
                 MaxStepsStopper(self.meter, trainer.max_steps), *tracking, *self.tools.callbacks(self.plan.phase.name),
                 *trainer.callbacks]
 

@@ -36,27 +36,53 @@ def check_precision(precision: str) -> str:
     return backend.resolve_precision(precision)
 
 
-def setup_process(precision: str = "float32", seed: int = 42, deterministic: bool = True) -> str:
-    """Set the Keras dtype policy, the backend environment and every seed; call it
-    before any DataModule, model or Trainer is built (see the module docstring).
+def setup_process(precision: str = "float32", seed: int = 42, deterministic: bool = True, strategy: str = "auto",
+                  devices: int | list | None = None) -> str:
+    """Set the backend environment, the data-parallel engine, the Keras dtype policy and
+    every seed; call it before any DataModule, model or Trainer is built (see the module
+    docstring).
 
     Args:
         precision: one of :data:`kbench.PRECISIONS` (``auto`` = ``mixed_bfloat16``
             where the device has native bfloat16, else ``float32``).
         seed: seeds Python, NumPy and the backend.
         deterministic: ask the backend for deterministic kernels.
+        strategy, devices: :func:`kbench.backend.distributed.start` (once per process:
+            a later call with other values is refused).
 
     Returns:
         The resolved policy name (never ``auto``), e.g. ``"mixed_bfloat16"``.
 
     Raises:
-        KbenchError: unknown ``precision``.
+        KbenchError: unknown ``precision``; what :func:`~kbench.backend.distributed.start` raises.
     """
+    backend.prepare_environment()
+    start_replicas(strategy, devices)
     resolved = check_precision(precision)
     keras.config.set_dtype_policy(resolved)
-    backend.prepare_environment()
     backend.seed_everything(seed, deterministic)
     return resolved
 
 
-__all__ = ["check_precision", "setup_process"]
+_STARTED: list = []  # the (strategy, devices) this process's engine was started with
+
+
+def start_replicas(strategy: str = "auto", devices: int | list | None = None):
+    """:func:`kbench.backend.distributed.start`, once per process; returns its Replicas.
+
+    Raises:
+        KbenchError: a second call with another strategy or devices (the engine, and
+            the devices JAX or TensorFlow made, are fixed for the process).
+    """
+    if _STARTED:
+        if _STARTED[0] != (strategy, devices):
+            raise KbenchError(f"data parallelism was set up as strategy={_STARTED[0][0]!r}, devices="
+                              f"{_STARTED[0][1]!r} in this process; it cannot change to {strategy!r}, {devices!r} "
+                              "(start a new process)")
+        return backend.distributed.current()
+    rep = backend.distributed.start(strategy, devices)
+    _STARTED.append((strategy, devices))
+    return rep
+
+
+__all__ = ["check_precision", "setup_process", "start_replicas"]

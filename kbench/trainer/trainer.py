@@ -1,27 +1,19 @@
 """The Lightning-style :class:`Trainer`, built on ``keras.Model.compile/fit/evaluate``.
 
-``fit`` runs a recipe's phases in order, whatever their number and order of
-train scopes: :class:`~kbench.trainer.phase.PhaseRun` runs each (sets what is
-trainable, recompiles, trains with ``Model.fit`` with epochs numbered
-continuously across phases, checks that every frozen variable is bit-identical
-afterwards); then the best epoch's weights are tested and the run folder written.
-
-Frozen-prefix cache (:mod:`kbench.trainer.cache`): a phase whose frozen bottom is in
-inference mode, without augmentation, trains ``suffix = base[cut:] + head`` on
-precomputed features; the suffix shares the end-to-end model's variables, and the
-cut follows each phase's lowest trainable layer.
-
-The trainer is composed of parts, each given what it needs: the run position in a
+``fit`` runs a recipe's phases in order (:class:`~kbench.trainer.phase.PhaseRun`: sets
+what trains, recompiles, ``Model.fit`` with epochs numbered across phases, checks that
+frozen variables are bit-identical), then tests the best epoch's weights and writes the
+run folder. Frozen-prefix cache: :mod:`kbench.trainer.cache`. Data parallelism:
+:mod:`kbench.trainer.replicas`. The parts: run position in a
 :class:`~kbench.trainer.state.TrainerState`, loop helpers in
 :class:`~kbench.trainer.loop.LoopTools`, evaluation in an
-:class:`~kbench.trainer.evaluate.Evaluator`, resume and interrupt handling as
-functions in :mod:`kbench.trainer.resume`.
+:class:`~kbench.trainer.evaluate.Evaluator`, resume and interrupts in
+:mod:`kbench.trainer.resume`.
 
-Order of set-up: the process-wide dtype policy and seeds
-(:func:`~kbench.trainer.setup.setup_process`) must be set before the model is
-built. ``Trainer(...)`` does that itself unless ``process_setup=False``, so a
-library user builds the Trainer first, then the model; :func:`kbench.run.run`
-calls ``setup_process`` first and builds the Trainer with ``process_setup=False``.
+Order of set-up: :func:`~kbench.trainer.setup.setup_process` (dtype policy, seeds,
+data-parallel engine) must come before the model is built. ``Trainer(...)`` calls it
+unless ``process_setup=False``, so a library user builds the Trainer first, then the
+model; :func:`kbench.run.run` calls ``setup_process`` itself.
 """
 
 from __future__ import annotations
@@ -37,7 +29,7 @@ from kbench.data.external import as_datamodule, data_notes, prepare_data
 from kbench.models import TransferModel
 from kbench.recipes import Recipe, check_train_layers
 from kbench.recipes.layerwise import check_lr_mult
-from kbench.trainer import checkpoint
+from kbench.trainer import checkpoint, replicas
 from kbench.trainer.averaging import Averaging
 from kbench.trainer.best import BestTracker
 from kbench.trainer.cache import FeatureCache
@@ -76,10 +68,9 @@ class Trainer:
         default_root_dir: parent folder of the run folders.
         name: run name; the run folder is ``<default_root_dir>/<name>-<timestamp>``.
         enable_progress_bar: rich progress bars and per-epoch lines.
-        inference_batches: batches timed end to end (after 2 warm-up) for
-            inference images/s in ``results.json`` (0 = skip).
-        enable_checkpointing: write ``checkpoints/epoch-NNNN`` after every epoch
-            (see :mod:`kbench.trainer.checkpoint`); off keeps the best weights in memory only.
+        inference_batches: batches timed for inference images/s (0 = skip).
+        enable_checkpointing: write ``checkpoints/epoch-NNNN`` after every epoch (off: the
+            best weights in memory only).
         monitor: metric that picks the best epoch (``val_accuracy``, ``val_loss``,
             ``accuracy``, ``loss``); the best epoch's weights are tested and saved.
         save_top_k: best epoch checkpoints kept besides the last one.
@@ -91,6 +82,7 @@ class Trainer:
         loggers: experiment trackers from :data:`~kbench.trainer.tracking.LOGGERS` (``csv``
             always on; ``tensorboard``, ``mlflow``: see :mod:`kbench.trainer.tracking`).
         profile: True/``"trace"``: time breakdown in results (:mod:`kbench.trainer.profile`).
+        strategy, devices, lr_scaling: data parallelism (:mod:`kbench.trainer.replicas`).
         callbacks: extra ``keras.callbacks.Callback`` objects for every phase.
         console: where progress and log lines go (default: a new rich Console).
         process_setup: call :func:`~kbench.trainer.setup.setup_process` with
@@ -117,7 +109,8 @@ class Trainer:
                  enable_progress_bar: bool = True, inference_batches: int = 10, enable_checkpointing: bool = True,
                  monitor: str = "val_accuracy", save_top_k: int = 1, early_stopping_patience: int | None = None,
                  checkpoint_every_n_steps: int | None = None, loggers: list[str] | None = None,
-                 profile: bool | str = False, callbacks: list | None = None,
+                 profile: bool | str = False, strategy: str = "auto", devices: int | list | None = None,
+                 lr_scaling: str = "none", callbacks: list | None = None,
                  console: Console | None = None, process_setup: bool = True):
         self.precision_requested, self.precision = precision, check_precision(precision)
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
@@ -134,11 +127,12 @@ class Trainer:
         self.evaluator = Evaluator(self.tools, inference_batches)
         self.profiler = RunProfile(profile, self.tools.log)
         self._tracker_args = (monitor, save_top_k, early_stopping_patience)
+        self.lr_scaling = replicas.check_lr_scaling(lr_scaling)
         self.state = TrainerState(BestTracker(*self._tracker_args))
         self.run_dir: str | None = None
         self.results: dict = {}
         if process_setup:
-            setup_process(precision, seed, deterministic)
+            setup_process(precision, seed, deterministic, strategy, devices)
 
     @property
     def history(self) -> list[dict]:
@@ -152,7 +146,7 @@ class Trainer:
 
     def make_run_dir(self) -> str:
         """Create this run's folder (see :func:`kbench.trainer.results.make_run_dir`) and return it."""
-        self.run_dir = make_run_dir(self.default_root_dir, self.name)
+        self.run_dir = replicas.follower_settings(self) or make_run_dir(self.default_root_dir, self.name)
         return self.run_dir
 
     # ------------------------------------------------------------ fit
@@ -190,6 +184,7 @@ class Trainer:
         self.profiler.start()
         datamodule = as_datamodule(datamodule, model.class_names, self.seed)
         datamodule.setup()
+        replicas.begin_fit(self, datamodule, recipe)
         self.check_recipe(model, datamodule, recipe)  # every phase's layers and warm-up, before any trains
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
@@ -307,6 +302,7 @@ class Trainer:
                                             "resumed_from": os.path.basename(resume.ckpt) if resume else None,
                                             "class_weight": run.datamodule.class_weights(),
                                             "cache_memory_mb": run.cache.peak_mb,
+                                            "parallel": replicas.summary(run.datamodule.batch_size, self.lr_scaling),
                                             **run.averaging.results(outcome["swa"]), **self.profiler.results("save_s")})
         run.tracking.finish(self.results, self.state.epoch, [os.path.join(run.run_dir, "results.json"), model_path])
         self.tools.console.print(summary_table(self.results, self.history))

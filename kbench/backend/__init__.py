@@ -1,6 +1,6 @@
 """Everything backend-specific, in one place.
 
-This is the only kbench module that imports ``jax``, ``tensorflow`` or ``torch``
+This package is the only part of kbench that imports ``jax``, ``tensorflow`` or ``torch``
 (always lazily, inside functions), so the rest of the package stays on
 ``keras`` and ``keras.ops``. Facts about the host that need no backend (CPU name
 and flags, memory, installed versions) are in :mod:`kbench.host`.
@@ -427,3 +427,5 @@ def stop_trace(handle) -> list[str]:
 
 
 use_fast_cpu_kernels()
+
+from kbench.backend import distributed as distributed  # noqa: E402 - data-parallel engines (needs the names above)
