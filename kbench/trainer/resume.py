@@ -50,6 +50,7 @@ def restore_run(point: ResumePoint, state: TrainerState, run: FitRun) -> None:
         KbenchError: the checkpoint belongs to another recipe, data set or model.
     """
     saved, ckpt = point.saved, point.ckpt
+    run.checkpoints_of = point.run_dir
     names = [p.name for p in run.recipe.phases]
     if saved.get("phase") not in names or saved.get("phase_index", 99) >= len(names):
         raise KbenchError(f"checkpoint {ckpt!r} is from phase {saved.get('phase')!r}, not one of this recipe's "
@@ -71,13 +72,15 @@ def restore_run(point: ResumePoint, state: TrainerState, run: FitRun) -> None:
 def restore_best(state: TrainerState, run: FitRun, from_checkpoints: bool, log: Callable[[str], None]) -> int | None:
     """Load the best epoch's weights (by the tracker's monitor) into ``run.e2e`` if it
     is not the last epoch: from its checkpoint, or from the tracker's in-memory copy
-    when ``from_checkpoints`` is False. Returns the epoch that will be tested."""
+    when ``from_checkpoints`` is False (from the resumed run's checkpoint when the copy is
+    from before the resume: a data-parallel follower). Returns the epoch that will be tested."""
     tracker, last_epoch = state.tracker, state.epoch
     best = tracker.best_epoch
     if best is None or best == last_epoch:
         return last_epoch or None
-    if from_checkpoints:
-        ckpt = os.path.join(run.run_dir, checkpoint.CKPT_DIR, f"epoch-{best:04d}")
+    if from_checkpoints or tracker.best_weights is None:  # None: best before a resume, in a follower process
+        ckpt = os.path.join(run.run_dir if from_checkpoints else run.checkpoints_of, checkpoint.CKPT_DIR,
+                            f"epoch-{best:04d}")
         checkpoint.restore_model(ckpt, run.e2e, checkpoint.load_state(ckpt))
     else:
         for v, a in zip(run.e2e.variables, tracker.best_weights):

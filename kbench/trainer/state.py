@@ -115,6 +115,8 @@ class FitRun:
         averaging: the fit's :class:`~kbench.trainer.averaging.Averaging` (EMA, SWA),
             set once the phases are planned.
         tracking: the fit's :class:`~kbench.trainer.loggers.Tracking` (None outside ``Trainer.fit``).
+        checkpoints_of: the run folder whose checkpoints hold epochs before a resume (the
+            resumed run's; a data-parallel follower's own folder has none).
     """
 
     model: TransferModel
@@ -125,6 +127,7 @@ class FitRun:
     cache: FeatureCache
     averaging: Any = None
     tracking: Any = None
+    checkpoints_of: str | None = None
 
     @property
     def csv_path(self) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from marks import BACKEND
+from marks import BACKEND, slow_on
 
 from kbench import KbenchError
 from kbench.backend import distributed
@@ -45,9 +45,12 @@ def _kbench(cifar_dir, root, *args, dp: bool, faults=(), resume=None):
     """One kbench run (2 torchrun processes for PyTorch data parallel); returns the process."""
     tail = ["--resume", str(resume)] if resume else [*ARGS, "--data.root", str(cifar_dir),
                                                      "--trainer.default_root_dir", str(root)]
-    script = [str(HERE.parent / "faults.py"), *faults, "--", *tail, *args, *(DP if dp else [])]
+    torchrun = dp and BACKEND == "torch"
+    # torchrun's argument parser drops the first "--" of the script's arguments
+    script = [str(HERE.parent / "faults.py"), *(["--"] if torchrun else []), *faults, "--", *tail, *args,
+              *(DP if dp else [])]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] \
-        if dp and BACKEND == "torch" else [sys.executable]
+        if torchrun else [sys.executable]
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
     return subprocess.run([*launch, *script], capture_output=True, text=True, env=env, timeout=900)
 
@@ -119,6 +122,7 @@ def test_data_parallel_kill_then_resume_is_exact(cifar_dir, tmp_path, two_replic
         np.testing.assert_allclose(a, b, **TOL)
 
 
+@slow_on("jax", "tensorflow")  # CI time; the same resume path as the kill test above, which runs everywhere
 def test_one_device_checkpoint_resumes_data_parallel(cifar_dir, tmp_path, one_device):
     assert _kbench(cifar_dir, tmp_path, dp=False, faults=("--signal", "KILL@2:3")).returncode != 0
     run_dir = _only_run_dir(tmp_path)
