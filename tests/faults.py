@@ -1,13 +1,14 @@
 """Run ``kbench.run`` with injected faults, for the reliability tests (a script, run
 in a subprocess so that a real SIGKILL/SIGINT hits a real run).
 
-    python tests/faults.py [--signal NAME@EPOCH:BATCH] [--nan-at EPOCH] [--noise-at EPOCH] -- <kbench.run args>
+    python tests/faults.py [--signal NAME@EPOCH:BATCH] [--rank R] [--nan-at EPOCH] [--noise-at EPOCH] -- <kbench.run args>
 
 EPOCH is the global 1-based epoch, BATCH the 1-based batch within it.
 ``--signal KILL@4:2`` sends SIGKILL to this process at the end of batch 2 of
 epoch 4; ``--nan-at 2`` writes NaN into the logits kernel as epoch 2 begins;
 ``--noise-at 2`` replaces the logits kernel with large noise as epoch 2 begins
-(so epoch 2 validates worse than epoch 1).
+(so epoch 2 validates worse than epoch 1). ``--rank 1``: only the torchrun process of
+``RANK`` 1 sends its signal.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main(argv: list[str]) -> int:
             name, where = value.split("@")
             e, b = where.split(":")
             kw["sig"], kw["at"] = getattr(signal, f"SIG{name}"), (int(e), int(b))
+        elif flag == "--rank" and os.environ.get("RANK", "0") != value:
+            kw["sig"] = None
         elif flag == "--nan-at":
             kw["nan_at"] = int(value)
         elif flag == "--noise-at":

@@ -7,9 +7,9 @@ learning-rate rule, which process writes) is :mod:`kbench.trainer.replicas`.
 
 * JAX: ``keras.distribution.DataParallel`` over a ``DeviceMesh`` of the chosen devices,
   set process-wide (``keras.distribution.set_distribution``): variables replicated, every
-  batch split along its first axis, metrics reduced by XLA over the whole batch. Several
-  hosts: ``keras.distribution.initialize()`` when ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` or
-  ``KERAS_DISTRIBUTION_NUM_PROCESSES`` is set. On a CPU, ``devices=N`` makes ``N`` virtual
+  batch split along its first axis, metrics reduced by XLA over the whole batch. One
+  process (all devices of one host); several processes (``keras.distribution.initialize``)
+  are refused for now (README, Scaling out). On a CPU, ``devices=N`` makes ``N`` virtual
   CPU devices (``jax_num_cpu_devices``; for testing, they share the cores). A batch whose
   size does not divide by the device count (an epoch's last) is replicated instead of split
   (:class:`RaggedDataParallel`), so results equal one device's.
@@ -124,9 +124,12 @@ def start(strategy: str = "auto", devices: int | list[int] | None = None) -> Rep
 def _start_jax(strategy: str, devices) -> Replicas:
     import jax
 
-    if strategy != "single" and (os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES")
-                                 or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES")):
-        keras.distribution.initialize()  # several hosts: reads the KERAS_DISTRIBUTION_* variables
+    if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
+        raise KbenchError("KERAS_DISTRIBUTION_* is set, but kbench does not run JAX over several processes yet: "
+                          "keras's predict returns arrays spread over the processes (the frozen-prefix cache cannot "
+                          "read them) and restoring the best epoch must be the same in every process (README, "
+                          "Scaling out). Use one process per host with all its devices, or PyTorch with torchrun "
+                          "for several hosts")
     want = devices if isinstance(devices, int) else (max(devices) + 1 if devices else 0)
     if want > 1:
         try:  # N virtual CPU devices; no effect on GPU/TPU devices

@@ -122,6 +122,19 @@ def test_data_parallel_kill_then_resume_is_exact(cifar_dir, tmp_path, two_replic
         np.testing.assert_allclose(a, b, **TOL)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="several processes: PyTorch under torchrun")
+def test_ctrl_c_on_one_process_stops_every_process_and_resumes_exactly(cifar_dir, tmp_path, two_replicas):
+    _, clean = two_replicas
+    p = _kbench(cifar_dir, tmp_path, dp=True, faults=("--signal", "INT@3:2", "--rank", "1"))
+    assert p.returncode != 0 and "interrupted (SIGINT)" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "ChildFailedError" not in p.stderr or "exitcode: 130" in p.stderr  # stopped, not crashed
+    run_dir = _only_run_dir(tmp_path)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    _ok(_kbench(cifar_dir, tmp_path, dp=True, resume=run_dir))
+    for a, b in zip(_weights(run_dir), _weights(clean)):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
 @slow_on("jax", "tensorflow")  # CI time; the same resume path as the kill test above, which runs everywhere
 def test_one_device_checkpoint_resumes_data_parallel(cifar_dir, tmp_path, one_device):
     assert _kbench(cifar_dir, tmp_path, dp=False, faults=("--signal", "KILL@2:3")).returncode != 0
@@ -178,6 +191,13 @@ def test_bad_strategy_settings_are_refused():
         distributed.start("ring")
     with pytest.raises(KbenchError, match="strategy=single with trainer.devices=2"):
         distributed.start("single", 2)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
+def test_several_jax_processes_are_refused_with_the_reason(monkeypatch):
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    with pytest.raises(KbenchError, match="does not run JAX over several processes yet.*torchrun"):
+        distributed.start("data_parallel")
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch data parallel needs torchrun")
