@@ -102,7 +102,7 @@ def test_abbreviated_key_is_refused_not_guessed(capsys):
 def test_config_choices_are_the_registries():
     """Every key with a closed set of values takes it from its registry, and no other key
     of the config spells out a Literal of its own (jit_compile's auto aside)."""
-    from kbench import PRECISIONS
+    from kbench import LR_SCALINGS, PRECISIONS, STRATEGIES
     from kbench.config import CHOICES, SECTIONS
     from kbench.data.sources import INTERPOLATIONS, SOURCES
     from kbench.data.weights import CLASS_WEIGHT_MODES
@@ -116,7 +116,8 @@ def test_config_choices_are_the_registries():
                   "model.head": tuple(HEADS), "model.preprocess": ("auto", *PREPROCESS_MODES), "recipe.name": tuple(PRESETS),
                   "recipe.optimizer": tuple(OPTIMIZERS), "recipe.cache": CACHE_MODES, "trainer.precision": PRECISIONS,
                   "trainer.monitor": MONITORS, "recipe.schedule": SCHEDULES, "recipe.bn": BN_MODES,
-                  "trainer.loggers": LOGGERS, "trainer.profile": ("trace",)}
+                  "trainer.loggers": LOGGERS, "trainer.profile": ("trace",), "trainer.strategy": STRATEGIES,
+                  "trainer.lr_scaling": LR_SCALINGS}
 
     def literal(tp):
         if typing.get_origin(tp) is typing.Literal:

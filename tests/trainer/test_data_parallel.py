@@ -4,9 +4,10 @@ PyTorch with 2 gloo processes under torchrun (DDP). Every run is a real
 ``kbench.run`` process (tests/faults.py), so the devices are made before the backend
 starts; nox runs this file once per backend.
 
-The recipe trains a tiny model (BatchNormalization only in the frozen, inference-mode
-backbone: batch statistics per replica would differ from one device's on TensorFlow and
-PyTorch) on a training set whose batches all divide by 2 except the last (ragged) one.
+The runs train VGG16 (real weights, 32 px) with a GAP head without dropout: dropout masks
+are drawn per replica on TensorFlow and PyTorch (so they differ from one device's), and
+VGG16 has no BatchNormalization (whose batch statistics are per replica there too). The
+72 training images make 4 batches of 16 and a last, ragged one of 8.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import VGG16_WEIGHTS
 from marks import BACKEND, slow_on
 
 from kbench import KbenchError
@@ -31,8 +33,8 @@ from kbench.trainer import replicas
 HERE = Path(__file__).resolve().parent
 # fine_tune: 1 epoch on cached features (head only) + 2 epochs of the top blocks; 72 training
 # images in batches of 16 (4 full + 1 of 8), 8 validation and 50 test images
-ARGS = ["--model.backbone", "mobilenetv3small", "--model.image_size", "32", "--model.weights", "none",
-        "--model.head", "gap", "--data.source", "folder", "--data.batch_size", "16", "--data.max_train_per_class",
+ARGS = ["--model.backbone", "vgg16", "--model.image_size", "32", "--model.head", "gap", "--model.head_dropout", "0",
+        "--data.source", "folder", "--data.batch_size", "16", "--data.max_train_per_class",
         "8", "--data.max_test_per_class", "5", "--recipe.epochs", "1", "--recipe.fine_tune_epochs", "2",
         "--trainer.inference_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.precision", "float32"]
@@ -43,8 +45,8 @@ TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 def _kbench(cifar_dir, root, *args, dp: bool, faults=(), resume=None):
     """One kbench run (2 torchrun processes for PyTorch data parallel); returns the process."""
-    tail = ["--resume", str(resume)] if resume else [*ARGS, "--data.root", str(cifar_dir),
-                                                     "--trainer.default_root_dir", str(root)]
+    tail = ["--resume", str(resume)] if resume else [*ARGS, "--data.root", str(cifar_dir), "--model.weights",
+                                                     str(VGG16_WEIGHTS), "--trainer.default_root_dir", str(root)]
     torchrun = dp and BACKEND == "torch"
     # torchrun's argument parser drops the first "--" of the script's arguments
     script = [str(HERE.parent / "faults.py"), *(["--"] if torchrun else []), *faults, "--", *tail, *args,
@@ -74,14 +76,14 @@ def _weights(run_dir):
 
 
 @pytest.fixture(scope="module")
-def one_device(cifar_dir, tmp_path_factory):
+def one_device(cifar_dir, vgg16_weights, tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
     _ok(_kbench(cifar_dir, root, dp=False))
     return _only_run_dir(root)
 
 
 @pytest.fixture(scope="module")
-def two_replicas(cifar_dir, tmp_path_factory):
+def two_replicas(cifar_dir, vgg16_weights, tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
     _ok(_kbench(cifar_dir, root, dp=True))
     return root, _only_run_dir(root)
@@ -171,6 +173,13 @@ def test_several_processes_refuse_the_lr_finder_and_swa(monkeypatch):
 
     monkeypatch.setattr(distributed, "_CURRENT", [distributed.Replicas("data_parallel", 2, 2, 1)])
     assert replicas.lr_factor("linear") == 2.0
+    dm = Recipe(batch_size=16)
+    replicas.scale_batch(dm, "none")
+    assert dm.batch_size == 16  # none: data.batch_size is the global batch
+    replicas.scale_batch(dm, "linear")
+    replicas.scale_batch(dm, "linear")  # once only
+    assert (dm.batch_size, dm.batch_size_per_device) == (32, 16)
+    assert replicas.summary(dm.batch_size, "linear")["per_device_batch_size"] == 16.0
     phases = [Recipe(learning_rate=1e-3), Recipe(learning_rate="auto")]
     with pytest.raises(KbenchError, match="learning_rate: auto"):
         replicas.check_features(Recipe(phases=phases, swa_epochs=0), "none")
