@@ -116,14 +116,20 @@ def follower_settings(trainer) -> str | None:
 
 
 def begin_fit(trainer, datamodule, recipe) -> None:
-    """At the start of ``Trainer.fit``: :func:`check_features`, :func:`scale_batch` and, in
-    a follower process, :func:`follower_settings`.
+    """At the start of ``Trainer.fit``: :func:`check_features`, :func:`scale_batch`, the
+    batch check and, in a follower process, :func:`follower_settings`.
 
     Raises:
-        KbenchError: see :func:`check_features`.
+        KbenchError: see :func:`check_features`; on TensorFlow a global batch that does not
+            divide by the replica count.
     """
     check_features(recipe, trainer.lr_scaling)
     scale_batch(datamodule, trainer.lr_scaling)
+    rep = distributed.current()
+    if rep.engine == distributed.ENGINES["tensorflow"] and datamodule.batch_size % rep.replicas:
+        raise KbenchError(f"data.batch_size={datamodule.batch_size} does not divide by the {rep.replicas} replicas: "
+                          "keras's TensorFlow trainer cannot build a model from an unevenly split first batch "
+                          "(MirroredStrategy); choose a multiple of the replica count")
     follower_settings(trainer)
 
 

@@ -6,8 +6,7 @@ starts; nox runs this file once per backend.
 
 The runs train VGG16 (real weights, 32 px) with a GAP head without dropout: dropout masks
 are drawn per replica on TensorFlow and PyTorch (so they differ from one device's), and
-VGG16 has no BatchNormalization (whose batch statistics are per replica there too). The
-72 training images make 4 batches of 16 and a last, ragged one of 8.
+VGG16 has no BatchNormalization (whose batch statistics are per replica there too).
 """
 
 from __future__ import annotations
@@ -31,10 +30,12 @@ from kbench.models.saved import load_saved_model
 from kbench.trainer import replicas
 
 HERE = Path(__file__).resolve().parent
-# fine_tune: 1 epoch on cached features (head only) + 2 epochs of the top blocks; 72 training
-# images in batches of 16 (4 full + 1 of 8), 8 validation and 50 test images
+# 70 training images: batches of 15 (none divides by 2: each replicated whole on JAX, fed whole to every PyTorch
+# process) + a last one of 10 (split); TensorFlow cannot split a first batch unevenly: 16 (4 x 16 + 6, all split)
+BATCH = "16" if BACKEND == "tensorflow" else "15"
+# fine_tune: 1 epoch on cached features (head only) + 2 epochs of the top blocks; 10 validation, 50 test images
 ARGS = ["--model.backbone", "vgg16", "--model.image_size", "32", "--model.head", "gap", "--model.head_dropout", "0",
-        "--data.source", "folder", "--data.batch_size", "16", "--data.max_train_per_class",
+        "--data.source", "folder", "--data.batch_size", BATCH, "--data.max_train_per_class",
         "8", "--data.max_test_per_class", "5", "--recipe.epochs", "1", "--recipe.fine_tune_epochs", "2",
         "--trainer.inference_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.precision", "float32"]
@@ -95,7 +96,7 @@ def test_data_parallel_trains_as_one_device(one_device, two_replicas):
     res, ref = (json.loads((d / "results.json").read_text()) for d in (run_dir, one_device))
     par = res["parallel"]
     assert (par["strategy"], par["replicas"], par["global_batch_size"], par["per_device_batch_size"],
-            par["lr_factor"]) == ("data_parallel", 2, 16, 8.0, 1.0)
+            par["lr_factor"]) == ("data_parallel", 2, int(BATCH), int(BATCH) / 2, 1.0)
     assert par["engine"] == distributed.ENGINES[BACKEND]
     assert par["processes"] == (2 if BACKEND == "torch" else 1)
     assert ref["parallel"]["strategy"] == "single" and ref["parallel"]["replicas"] == 1
@@ -214,6 +215,18 @@ def test_torch_data_parallel_outside_torchrun_says_how(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(KbenchError, match="torchrun --nproc_per_node 2 -m kbench.run"):
         distributed.start("data_parallel", 2)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow only")
+def test_tensorflow_refuses_a_batch_that_does_not_divide_by_the_replicas(monkeypatch):
+    from types import SimpleNamespace as Obj
+
+    monkeypatch.setattr(distributed, "_CURRENT", [distributed.Replicas("data_parallel", 2, 1, 0, (),
+                                                                       distributed.ENGINES["tensorflow"])])
+    trainer = Obj(lr_scaling="none")
+    with pytest.raises(KbenchError, match="data.batch_size=15 does not divide by the 2 replicas"):
+        replicas.begin_fit(trainer, Obj(batch_size=15), Obj(phases=[], swa_epochs=0))
+    replicas.begin_fit(trainer, Obj(batch_size=16), Obj(phases=[], swa_epochs=0))
 
 
 def test_bad_strategy_on_the_command_line_is_one_line(capsys):
