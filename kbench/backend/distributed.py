@@ -286,6 +286,19 @@ def agree_signal(signum: int | None) -> int | None:
     return int(flag.item()) or None
 
 
+def gather(part):
+    """Every process's ``part`` (any picklable value, e.g. a NumPy array), in rank order:
+    ``torch.distributed.all_gather_object`` with several PyTorch processes, else ``[part]``.
+    A collective: every process must call it."""
+    if current().processes == 1 or keras.backend.backend() != "torch":
+        return [part]
+    import torch.distributed as dist
+
+    out = [None] * current().processes
+    dist.all_gather_object(out, part)
+    return out
+
+
 def barrier() -> None:
     """Wait for every process of the group (PyTorch with several processes; else nothing)."""
     if current().processes > 1 and keras.backend.backend() == "torch":
@@ -303,5 +316,5 @@ def finish() -> None:
             dist.destroy_process_group()
 
 
-__all__ = ["ENGINES", "RaggedDataParallel", "Replicas", "agree_signal", "barrier", "current", "finish",
+__all__ = ["ENGINES", "RaggedDataParallel", "Replicas", "agree_signal", "barrier", "current", "finish", "gather",
            "prepare_model", "start"]

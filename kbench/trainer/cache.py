@@ -24,6 +24,7 @@ import numpy as np
 
 from kbench.data import BatchSequence, DataModule
 from kbench.models import TransferModel
+from kbench.trainer import replicas
 from kbench.trainer.callbacks import LineProgressCallback
 from kbench.trainer.loop import LoopTools
 
@@ -110,8 +111,7 @@ class FeatureCache:
         bar = self.tools.callbacks(what)
         if self.tools.enable_progress_bar and not self.tools.console.is_terminal:
             bar.append(LineProgressCallback(what, seq.batch_sizes()))  # plain lines in logs and pipes
-        feats = prefix.predict(seq, verbose=0, callbacks=bar)
-        self.store[key] = np.asarray(feats, dtype=np.float32)
+        self.store[key] = replicas.predict_shared(prefix, seq, bar)  # several processes: a share each
         return self.store[key]
 
     def labels(self, split: str) -> np.ndarray:

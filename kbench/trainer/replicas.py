@@ -26,6 +26,10 @@ gradient, as on one device. JAX does the same for its devices
 splits such a batch unevenly and averages the per-replica means, so on TensorFlow an
 epoch's short last batch differs slightly from one device's.
 
+Frozen-prefix cache: on JAX and TensorFlow one ``predict`` split over the devices; with
+several processes each computes a contiguous share of the batches and the shares are
+gathered (:func:`predict_shared`): computed once, held whole by every process.
+
 Validation and test: on JAX and TensorFlow the engine reduces the metrics over the whole
 split; with PyTorch every process evaluates the whole split (the same numbers in every
 process, no reduction needed). Training loss and accuracy in ``metrics.csv`` are over the
@@ -41,6 +45,9 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+
+import keras
+import numpy as np
 
 from kbench import LR_SCALINGS, KbenchError
 from kbench.backend import distributed
@@ -133,6 +140,35 @@ def begin_fit(trainer, datamodule, recipe) -> None:
     follower_settings(trainer)
 
 
+class _Batches(keras.utils.PyDataset):
+    """Batches ``lo..hi-1`` of a sequence, as batches ``0..``."""
+
+    def __init__(self, seq, lo: int, hi: int):
+        super().__init__()
+        self.seq, self.lo, self.hi = seq, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, i: int):
+        return self.seq[self.lo + i]
+
+
+def predict_shared(model, seq, callbacks: list):
+    """``model.predict(seq)``, ``float32 (N, ...)`` in the order of ``seq``; with several
+    processes each predicts a contiguous share of the batches and the shares are gathered
+    (:func:`kbench.backend.distributed.gather`), so the frozen-prefix cache is computed once
+    over the processes and every process holds all of it (the same features)."""
+    rep = distributed.current()
+    if rep.processes == 1:
+        return np.asarray(model.predict(seq, verbose=0, callbacks=callbacks), dtype=np.float32)
+    n = len(seq)
+    lo, hi = n * rep.rank // rep.processes, n * (rep.rank + 1) // rep.processes
+    part = (np.asarray(model.predict(_Batches(seq, lo, hi), verbose=0, callbacks=callbacks), dtype=np.float32)
+            if hi > lo else np.zeros((0, *model.output.shape[1:]), np.float32))
+    return np.concatenate(distributed.gather(part))
+
+
 def signal_callbacks(guard) -> list:
     """``[ReplicaSignals(guard)]`` (:class:`~kbench.trainer.callbacks.ReplicaSignals`) with
     several processes, else ``[]``."""
@@ -150,4 +186,4 @@ def summary(batch_size: int, lr_scaling: str) -> dict:
 
 
 __all__ = ["begin_fit", "check_features", "check_lr_scaling", "follower_settings", "lr_factor", "scale_batch",
-           "shard_training", "signal_callbacks", "summary"]
+           "predict_shared", "shard_training", "signal_callbacks", "summary"]
