@@ -35,6 +35,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
         KbenchError: a user error (see the module docstring).
     """
     trainer, dm, model, recipe = build_parts(cfg, callbacks, before_data=lambda _recipe: _check_resume_or_root(cfg))
+    from kbench.trainer import replicas
+
+    replicas.begin_fit(trainer, dm, recipe)  # data-parallel refusals before the run folder is made
     if not cfg.resume:
         trainer.make_run_dir()
     results = trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)
@@ -65,7 +68,8 @@ def build_parts(cfg: RunConfig, callbacks: list | None = None, before_data: Call
     spec, recipe = _model_spec_and_recipe(cfg)
     trainer = build_trainer(cfg, callbacks)
     trainer.profiler.start()  # trainer.profile: data and model times count too
-    dm = DataModule(**vars(cfg.data), seed=cfg.trainer.seed, progress=cfg.trainer.enable_progress_bar)
+    chief = distributed_is_chief()  # other processes of a torchrun group print nothing
+    dm = DataModule(**vars(cfg.data), seed=cfg.trainer.seed, progress=cfg.trainer.enable_progress_bar and chief)
     # cheap checks first: before any data is read or weights downloaded
     spec.input_size(cfg.model.image_size)
     if before_data:
@@ -105,13 +109,18 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None):
     Raises:
         KbenchError: a trainer setting out of range.
     """
-    from kbench.backend import distributed
     from kbench.trainer import Trainer
 
     name = cfg.trainer.name or f"{cfg.model.backbone}-{cfg.recipe.name}"
-    chief = distributed.current().is_chief  # other processes of a torchrun group stay quiet
     return Trainer(**{**vars(cfg.trainer), "name": name}, callbacks=callbacks,
-                   console=console if chief else Console(quiet=True), process_setup=False)
+                   console=console if distributed_is_chief() else Console(quiet=True), process_setup=False)
+
+
+def distributed_is_chief() -> bool:
+    """False in the processes of a data-parallel group other than rank 0 (they print nothing)."""
+    from kbench.backend import distributed
+
+    return distributed.current().is_chief
 
 
 def _check_resume_or_root(cfg: RunConfig) -> None:
@@ -174,7 +183,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
         signum = getattr(e, "signum", signal.SIGINT)
         console.print(f"[bold red]interrupted ({signal.Signals(signum).name})[/]")
         return 128 + signum
-    console.print(f"test top-1 accuracy {results['test_accuracy']:.4f}")
+    if distributed_is_chief():
+        console.print(f"test top-1 accuracy {results['test_accuracy']:.4f}")
     return 0
 
 

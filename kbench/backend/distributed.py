@@ -85,9 +85,12 @@ def _indices(devices, available: int, what: str) -> list[int]:
     if devices is None:
         return list(range(available))
     wanted = list(range(devices)) if isinstance(devices, int) else list(devices)
-    if not wanted or len(set(wanted)) != len(wanted) or min(wanted) < 0 or max(wanted) >= available:
+    if not wanted or len(set(wanted)) != len(wanted) or min(wanted) < 0:
+        raise KbenchError(f"trainer.devices={devices!r}: give a device count of at least 1 or a list of distinct "
+                          "device indices from 0, e.g. 2 or [0,1]")
+    if max(wanted) >= available:
         raise KbenchError(f"trainer.devices={devices!r} but {available} {what} device(s) are available; give a "
-                          f"count from 1 to {available} or distinct indices from 0 to {available - 1}")
+                          f"count from 1 to {available} or indices from 0 to {available - 1}")
     return wanted
 
 
@@ -286,6 +289,21 @@ def agree_signal(signum: int | None) -> int | None:
     return int(flag.item()) or None
 
 
+def sync_from_chief(variables: list) -> None:
+    """Give ``variables`` (keras Variables, e.g. BatchNormalization moving statistics,
+    which DDP does not keep in step: they are not gradients) rank 0's values in every
+    PyTorch process (``torch.distributed.broadcast``, as DDP's ``broadcast_buffers``); a
+    no-op otherwise. A collective: every process must call it with the same variables."""
+    if current().processes == 1 or keras.backend.backend() != "torch":
+        return
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for v in variables:
+            dist.broadcast(v.value.data, src=0)
+
+
 def gather(part):
     """Every process's ``part`` (any picklable value, e.g. a NumPy array), in rank order:
     ``torch.distributed.all_gather_object`` with several PyTorch processes, else ``[part]``.
@@ -316,5 +334,5 @@ def finish() -> None:
             dist.destroy_process_group()
 
 
-__all__ = ["ENGINES", "RaggedDataParallel", "Replicas", "agree_signal", "barrier", "current", "finish", "gather",
+__all__ = ["ENGINES", "RaggedDataParallel", "Replicas", "agree_signal", "barrier", "current", "finish", "gather", "sync_from_chief",
            "prepare_model", "start"]

@@ -450,7 +450,8 @@ class ReplicaSignals(keras.callbacks.Callback):
     """With several processes (PyTorch under torchrun): after every training batch and
     epoch, every process learns whether any process got a signal
     (:func:`kbench.backend.distributed.agree_signal`), so all stop at the same batch and
-    the chief writes the checkpoint. Placed first among a phase's callbacks."""
+    the chief writes the checkpoint; before validation, BatchNormalization moving
+    statistics are rank 0's in every process. Placed first among a phase's callbacks."""
 
     def __init__(self, guard: SignalGuard):
         super().__init__()
@@ -461,6 +462,13 @@ class ReplicaSignals(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.guard.signum = backend.distributed.agree_signal(self.guard.signum)
+
+    def on_test_begin(self, logs=None):
+        """Before validation: every process takes rank 0's BatchNormalization moving
+        statistics (each updated them from its own part of the batches), so all validate
+        the same model and take the same decisions (best epoch, early stopping)."""
+        bn = [la for la in self.model._flatten_layers() if isinstance(la, keras.layers.BatchNormalization)]
+        backend.distributed.sync_from_chief([v for la in bn for v in (la.moving_mean, la.moving_variance)])
 
 
 def is_last_batch(params: dict | None, batch: int) -> bool:

@@ -107,7 +107,7 @@ class PhaseRun:
         """Set what trains; returns the end-to-end model and (trainable, frozen) counts."""
         phase, plan = self.plan.phase, self.plan
         lr = phase.learning_rate
-        lr_text = (f"{lr:g}" if not isinstance(lr, str) else "auto (LR finder)" if self.found_lr is None
+        lr_text = (f"{lr * replicas.lr_factor(self.trainer.lr_scaling):g}" if not isinstance(lr, str) else "auto (LR finder)" if self.found_lr is None
                    else f"{self.found_lr:g} (auto, found before the interruption)")
         e2e = self._configure()
         trainable, frozen = count_params(e2e)

@@ -123,8 +123,9 @@ def follower_settings(trainer) -> str | None:
 
 
 def begin_fit(trainer, datamodule, recipe) -> None:
-    """At the start of ``Trainer.fit``: :func:`check_features`, :func:`scale_batch`, the
-    batch check and, in a follower process, :func:`follower_settings`.
+    """At the start of ``Trainer.fit`` (and of ``kbench.run``, before the run folder is
+    made): :func:`check_features`, :func:`scale_batch`, the batch check, in a follower
+    process :func:`follower_settings`; logs the data-parallel set-up once.
 
     Raises:
         KbenchError: see :func:`check_features`; on TensorFlow a global batch that does not
@@ -138,6 +139,12 @@ def begin_fit(trainer, datamodule, recipe) -> None:
                           "keras's TensorFlow trainer cannot build a model from an unevenly split first batch "
                           "(MirroredStrategy); choose a multiple of the replica count")
     follower_settings(trainer)
+    if rep.strategy == "data_parallel" and not getattr(trainer, "parallel_logged", False):
+        trainer.parallel_logged = True
+        s = summary(datamodule.batch_size, trainer.lr_scaling)
+        trainer.tools.log(f"data parallel: {rep.replicas} replicas in {rep.processes} process(es) on {rep.engine}, "
+                          f"global batch {s['global_batch_size']} ({s['per_device_batch_size']} per device), "
+                          f"learning rates x{s['lr_factor']:g} (lr_scaling {trainer.lr_scaling})")
 
 
 class _Batches(keras.utils.PyDataset):
@@ -181,7 +188,8 @@ def summary(batch_size: int, lr_scaling: str) -> dict:
     rep = distributed.current()
     return {"strategy": rep.strategy, "engine": rep.engine, "replicas": rep.replicas, "processes": rep.processes,
             "devices": list(rep.devices), "global_batch_size": batch_size,
-            "per_device_batch_size": batch_size / rep.replicas, "lr_scaling": lr_scaling,
+            "per_device_batch_size": batch_size // rep.replicas if batch_size % rep.replicas == 0
+            else batch_size / rep.replicas, "lr_scaling": lr_scaling,
             "lr_factor": lr_factor(lr_scaling)}
 
 

@@ -126,7 +126,9 @@ def on_interrupt(e: TrainingInterrupted, state: TrainerState, run: FitRun, check
         path = resumable
     elif checkpoints:
         path = _snapshot(state, run)
-    prefix = f"KERAS_BACKEND={backend.name()} python -m kbench.run"
+    procs = backend.distributed.current().processes
+    launcher = f"torchrun --standalone --nproc_per_node {procs} -m" if procs > 1 else "python -m"
+    prefix = f"KERAS_BACKEND={backend.name()} {launcher} kbench.run"
     resume = (f"{prefix} --resume {run.run_dir}" if resumable else
               f"{prefix} --config {os.path.join(run.run_dir, 'config.yaml')}")
     write_status(run.run_dir, "interrupted", signal=name, epoch=state.epoch, step=state.step,

@@ -190,7 +190,8 @@ def test_several_processes_refuse_the_lr_finder_and_swa(monkeypatch):
 
 
 @pytest.mark.parametrize("devices,match", [(5, "trainer.devices=5 but 1 .* available"),
-                                           ([0, 0], r"trainer.devices=\[0, 0\]")])
+                                           ([0, 0], r"trainer.devices=\[0, 0\]: .* distinct"),
+                                           (0, "trainer.devices=0: give a device count of at least 1")])
 def test_devices_that_do_not_exist_are_refused(devices, match):
     with pytest.raises(KbenchError, match=match):
         distributed._indices(devices, 1, "cpu")
@@ -223,10 +224,13 @@ def test_tensorflow_refuses_a_batch_that_does_not_divide_by_the_replicas(monkeyp
 
     monkeypatch.setattr(distributed, "_CURRENT", [distributed.Replicas("data_parallel", 2, 1, 0, (),
                                                                        distributed.ENGINES["tensorflow"])])
-    trainer = Obj(lr_scaling="none")
+    lines = []
+    trainer = Obj(lr_scaling="none", tools=Obj(log=lines.append))
     with pytest.raises(KbenchError, match="data.batch_size=15 does not divide by the 2 replicas"):
         replicas.begin_fit(trainer, Obj(batch_size=15), Obj(phases=[], swa_epochs=0))
     replicas.begin_fit(trainer, Obj(batch_size=16), Obj(phases=[], swa_epochs=0))
+    assert lines == ["data parallel: 2 replicas in 1 process(es) on tf.distribute.MirroredStrategy, global batch 16 "
+                     "(8 per device), learning rates x1 (lr_scaling none)"]
 
 
 def test_bad_strategy_on_the_command_line_is_one_line(capsys):
