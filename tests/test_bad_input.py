@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from marks import slow_on
 
 from kbench import KbenchError
 from kbench.data import DataModule
@@ -464,6 +465,7 @@ def _bad_cifar_folder(cifar_dir: Path, root: Path) -> tuple[list[Path], list[Pat
     return converted, bad
 
 
+@slow_on("jax")  # CI time: 33 s on JAX (2026-12-05 CI); the data path is backend-free, in CI on tensorflow and torch
 def test_folder_with_every_bad_file_kind_trains(cifar_dir, tmp_path, capsys):
     """The issue's Done check: real CIFAR-10 JPEGs plus one file of each kind above train
     on this backend, the bad files are listed by path, and --data.strict refuses them."""

@@ -145,6 +145,7 @@ def ema_clean(cifar_dir, tmp_path_factory):
     return run(_cfg(cifar_dir, root, *EMA)), _only_run_dir(root)
 
 
+@slow_on("jax")  # CI time: 34 s on JAX (2026-12-05 CI); in CI on tensorflow and torch
 def test_ema_validates_tests_and_saves_the_averaged_weights(cifar_dir, tmp_path):
     # cache off: every phase trains the end-to-end model, so one validation batch serves all epochs
     rec = Recorder()
@@ -220,7 +221,7 @@ def swa_clean(cifar_dir, tmp_path_factory):
     return results, rec, _only_run_dir(root), cfg
 
 
-@slow_on("tensorflow")  # CI time: 80-150 s on TensorFlow (2026-12-05 CI), covered in CI on jax and torch
+@slow_on("tensorflow", "jax")  # CI time (2026-12-05 CI): 80-150 s on TensorFlow, 33-46 s on JAX; in CI on torch
 def test_swa_tests_and_saves_the_average_of_the_last_epochs(swa_clean):
     results, rec, run_dir, cfg = swa_clean
     swa = results["swa"]
@@ -247,7 +248,7 @@ def test_swa_tests_and_saves_the_average_of_the_last_epochs(swa_clean):
     assert state["swa"]["epochs"] == [2, 3]
 
 
-@slow_on("tensorflow")  # CI time: 80-150 s on TensorFlow (2026-12-05 CI), covered in CI on jax and torch
+@slow_on("tensorflow", "jax")  # CI time (2026-12-05 CI): 80-150 s on TensorFlow, 33-46 s on JAX; in CI on torch
 def test_swa_crash_and_resume_is_exact(cifar_dir, tmp_path, swa_clean, monkeypatch):
     clean, _, clean_dir, _ = swa_clean
     # crash in epoch 3: the epoch-2 checkpoint holds the average of epoch 2 (swa.npz)

@@ -155,7 +155,7 @@ def _checkpoint(run_dir, tag) -> list[np.ndarray]:
         return [z[k] for k in sorted(z.files)]
 
 
-@slow_on("tensorflow")  # CI time: 80-150 s on TensorFlow (2026-12-05 CI), covered in CI on jax and torch
+@slow_on("tensorflow", "jax")  # CI time (2026-12-05 CI): 80-150 s on TensorFlow, 33-46 s on JAX; in CI on torch
 def test_gradual_bn_train_sigkill_in_stage_2_then_exact_resume(cifar_dir, tmp_path):
     (tmp_path / "clean").mkdir()
     clean = run(parse([*GRADUAL_BN, "--data.root", str(cifar_dir), "--trainer.default_root_dir",
