@@ -35,9 +35,6 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> dict:
         KbenchError: a user error (see the module docstring).
     """
     trainer, dm, model, recipe = build_parts(cfg, callbacks, before_data=lambda _recipe: _check_resume_or_root(cfg))
-    from kbench.trainer import replicas
-
-    replicas.begin_fit(trainer, dm, recipe)  # data-parallel refusals before the run folder is made
     if not cfg.resume:
         trainer.make_run_dir()
     results = trainer.fit(model, dm, recipe, config=cfg.to_dict(), ckpt_path=cfg.resume)

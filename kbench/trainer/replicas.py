@@ -123,8 +123,8 @@ def follower_settings(trainer) -> str | None:
 
 
 def begin_fit(trainer, datamodule, recipe) -> None:
-    """At the start of ``Trainer.fit`` (and of ``kbench.run``, before the run folder is
-    made): :func:`check_features`, :func:`scale_batch`, the batch check, in a follower
+    """In ``Trainer.check_recipe`` (so in ``kbench.run`` before the run folder is made, and
+    again, idempotent, in ``Trainer.fit``): :func:`check_features`, :func:`scale_batch`, the batch check, in a follower
     process :func:`follower_settings`; logs the data-parallel set-up once.
 
     Raises:

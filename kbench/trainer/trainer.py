@@ -184,7 +184,6 @@ class Trainer:
         self.profiler.start()
         datamodule = as_datamodule(datamodule, model.class_names, self.seed)
         datamodule.setup()
-        replicas.begin_fit(self, datamodule, recipe)
         self.check_recipe(model, datamodule, recipe)  # every phase's layers and warm-up, before any trains
         resume = find_resume_point(ckpt_path)
         run = self._start(model, datamodule, recipe, config, resume)
@@ -214,11 +213,12 @@ class Trainer:
         written: every phase's ``train`` layers and ``lr_mult`` prefixes exist, every
         warm-up is shorter than its phase under this trainer's epoch and batch limits,
         the class weights resolve and the first batch of your own pipelines fits the model
-        (:func:`kbench.data.external.prepare_data`).
+        (:func:`kbench.data.external.prepare_data`); first :func:`~.replicas.begin_fit`.
 
         Raises:
             KbenchError: names the phase and the bad value (or the bad data).
         """
+        replicas.begin_fit(self, datamodule, recipe)
         prepare_data(datamodule, model.image_size, model.num_classes, recipe.mixes)
         check_train_layers(model.base, recipe.phases)
         check_lr_mult([la.name for la in model.base.layers], [la.name for la in model.head], recipe.phases,
