@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -78,9 +79,19 @@ def _stop(proc: subprocess.Popen, group: bool, grace_s: float | None, terminate:
     proc.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child before ``exec``: ask Linux for SIGKILL when the parent dies
+    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``; nothing on other systems)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def run_logged(cmd: Sequence[str], log: str, *, env: dict[str, str] | None = None, timeout: float | None = None,
                header: str = "", on_line: Callable[[str], None] | None = None, grace_s: float | None = None,
-               timeout_note: str | None = None, new_session: bool = False) -> Finished:
+               timeout_note: str | None = None, new_session: bool = False, cwd: str | None = None,
+               die_with_parent: bool = False, interrupt_child: bool = False) -> Finished:
     """Run ``cmd``, writing ``header`` and then its stdout and stderr (merged, as they
     come) to the file ``log``; ``on_line(line)`` sees every output line too.
 
@@ -93,6 +104,12 @@ def run_logged(cmd: Sequence[str], log: str, *, env: dict[str, str] | None = Non
             seconds later.
         new_session: start the child in its own session (it does not get the
             terminal's Ctrl-C; SIGKILL goes to its whole process group).
+        cwd: the child's working directory (``None``: this process's).
+        die_with_parent: on Linux, the child gets SIGKILL when this process dies
+            (``prctl(PR_SET_PDEATHSIG)``), so a killed parent leaves no orphan running.
+        interrupt_child: on Ctrl-C or another exception while waiting, send the child
+            SIGINT first (for a child that did not get the terminal's, e.g. in a new
+            session or when this process was interrupted by its own scheduler).
 
     Returns:
         :class:`Finished`; a child that cannot be started is ``returncode None`` with
@@ -108,7 +125,8 @@ def run_logged(cmd: Sequence[str], log: str, *, env: dict[str, str] | None = Non
         f.flush()
         try:
             proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                    errors="replace", bufsize=1, start_new_session=new_session)
+                                    errors="replace", bufsize=1, start_new_session=new_session, cwd=cwd,
+                                    preexec_fn=_die_with_parent if die_with_parent else None)
         except OSError as e:
             return Finished(None, time.perf_counter() - t0, error=str(e))
 
@@ -131,6 +149,8 @@ def run_logged(cmd: Sequence[str], log: str, *, env: dict[str, str] | None = Non
                 f.flush()
             _stop(proc, new_session, grace_s, terminate=True)
         except BaseException as e:
+            if interrupt_child and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             _stop(proc, new_session, grace_s, terminate=False)
             reader.join(timeout=10)
             e.finished = Finished(proc.returncode, time.perf_counter() - t0)

@@ -44,7 +44,7 @@ def read_metrics(path: str) -> list[dict]:
     return rows
 
 
-def _run_dirs(root: str) -> dict[str, float]:
+def run_dirs(root: str) -> dict[str, float]:
     """Sub-folders of ``root`` holding a ``results.json`` -> its modification time."""
     out = {}
     if os.path.isdir(root):
@@ -90,9 +90,9 @@ def run_command(config: str, seed: int, root: str, overrides: Sequence[str]) -> 
             "--trainer.default_root_dir", root, *overrides]
 
 
-def _completed_run(root: str) -> str | None:
+def completed_run(root: str) -> str | None:
     """The newest run folder under ``root`` whose ``results.json`` says ``completed`` (``None`` if none)."""
-    done = [d for d, _ in sorted(_run_dirs(root).items(), key=lambda kv: kv[1])
+    done = [d for d, _ in sorted(run_dirs(root).items(), key=lambda kv: kv[1])
             if (subproc.read_json(os.path.join(d, "results.json")) or {}).get("status") == "completed"]
     return done[-1] if done else None
 
@@ -117,10 +117,10 @@ def run_one(config: str, backend: str, seed: int, out_dir: str, overrides: Seque
     root = os.path.join(out_dir, "runs", tag)
     log = os.path.join(out_dir, "logs", f"{tag}.log")
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    done = None if force else _completed_run(root)
+    done = None if force else completed_run(root)
     if done:
         return make_row(backend, seed, out_dir, done, 0, log, None, reused=True)
-    before = _run_dirs(root)
+    before = run_dirs(root)
     cmd = run_command(config, seed, root, overrides)
     note = (f"\n[kbench.compare] run exceeded --timeout {timeout_s:g} s: sending SIGTERM\n"
             if timeout_s is not None else None)
@@ -133,7 +133,7 @@ def run_one(config: str, backend: str, seed: int, out_dir: str, overrides: Seque
                                       grace_s=STOP_GRACE_S, timeout_note=note)
     except KeyboardInterrupt as e:  # the child got the same SIGINT from the terminal
         interrupted, finished = e, getattr(e, "finished", None) or subproc.Finished(None, 0.0)
-    new = {d: t for d, t in _run_dirs(root).items() if before.get(d) != t}
+    new = {d: t for d, t in run_dirs(root).items() if before.get(d) != t}
     run_dir = max(new, key=new.get) if new else None
     row = make_row(backend, seed, out_dir, run_dir, finished.returncode, log, finished.wall_s)
     if interrupted is not None:

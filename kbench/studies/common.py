@@ -1,0 +1,147 @@
+"""What every study shares (keras-free): the study context that runs sweeps through
+:mod:`kbench.sweep` (Ray), the base config, the recipes compared, and plots.
+
+A study module (``kbench/studies/<name>.py``) defines ``NAME``, ``HELP``, ``CLAIM`` (the
+seed article's claim it tests), ``add_arguments(parser)`` and ``run(ctx, args) -> str``
+(the path of its ``report.md``). ``run`` calls :meth:`StudyContext.sweep` once per stage
+(each stage is an ordinary, resumable sweep folder ``OUT/<stage>/``), then writes the
+report and PNG plots under ``OUT`` from the rows alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import yaml
+
+from kbench.sweep import engine, store
+from kbench.sweep.report import value, write_sweep_report
+from kbench.sweep.spec import Sweep
+
+#: The study base config: VGG16 on CIFAR-10 at 32x32 (the small default; --image-size 64
+#: is the reference scenario), a GAP head, 100 test images per class, quiet output.
+BASE_CONFIG = {
+    "data": {"batch_size": 64, "max_test_per_class": 100},
+    "model": {"backbone": "vgg16", "image_size": 32, "head": "mlp"},
+    "recipe": {"learning_rate": 0.001},
+    "trainer": {"enable_progress_bar": False, "inference_batches": 5},
+}
+
+#: The three ways to train compared by the data-efficiency and time studies: the head on
+#: the frozen backbone, the head then the top block unfrozen (10x lower LR), everything
+#: from random weights. Epochs chosen so each converges on ~1,000 images at 32x32 on a CPU.
+RECIPE_POINTS = {
+    "feature_extraction": {"recipe.name": "feature_extraction", "recipe.epochs": 10},
+    "fine_tune": {"recipe.name": "fine_tune", "recipe.epochs": 6, "recipe.fine_tune_epochs": 4},
+    "scratch": {"recipe.name": "scratch", "recipe.epochs": 10},
+}
+RECIPE_COLORS = {"feature_extraction": "tab:blue", "fine_tune": "tab:green", "scratch": "tab:red"}
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in, nested mappings merged key by key (new dict)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@dataclass
+class StudyContext:
+    """Where a study writes and how its trials run (the common command-line options).
+
+    Attributes:
+        out: the study folder (stages in ``out/<stage>/``, report and plots in ``out``).
+        backends, seeds: every trial runs on each backend with each seed.
+        overrides: ``kbench.run`` options after ``--`` (``--data.root``, ``--model.weights``...).
+        image_size: ``model.image_size`` of the base config.
+        sweep_options: keyword arguments of :func:`kbench.sweep.engine.run_sweep`
+            (address, num_cpus, cpus_per_trial, gpus_per_trial, retry_failed, timeout_s).
+        report_only: :meth:`sweep` reads the stored rows and runs nothing.
+        incomplete: ids of the trials that did not complete, over all stages.
+    """
+
+    out: str
+    backends: list[str]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    image_size: int = 32
+    sweep_options: dict = field(default_factory=dict)
+    report_only: bool = False
+    incomplete: list[str] = field(default_factory=list)
+
+    def config(self, stage: str, extra: dict | None = None) -> tuple[str, str]:
+        """Write the stage's config (:data:`BASE_CONFIG` + image size + ``extra``) to
+        ``out/<stage>.yaml``; returns (path, text)."""
+        cfg = deep_merge(deep_merge(BASE_CONFIG, {"model": {"image_size": self.image_size}}), extra or {})
+        text = yaml.safe_dump(cfg, sort_keys=False)
+        os.makedirs(self.out, exist_ok=True)
+        path = os.path.join(self.out, f"{stage}.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path, text
+
+    def sweep(self, stage: str, points: Sequence[dict], *, config: dict | None = None, seeds: Sequence[int] | None = None,
+              backends: Sequence[str] | None = None, overrides: Sequence[str] = (), on_row=None) -> dict:
+        """Run one stage as a sweep into ``out/<stage>/`` (resumable) and return its rows
+        data; trials that did not complete are named in :attr:`incomplete`.
+
+        Raises:
+            kbench.sweep.spec.SweepError: Ray missing/unreachable, a bad resource request, or
+                (``report_only``) no rows stored for the stage.
+        """
+        path, text = self.config(stage, config)
+        sweep = Sweep(path, text, [dict(p) for p in points], list(seeds if seeds is not None else self.seeds),
+                      list(backends or self.backends), [*overrides, *self.overrides], stage)
+        folder = os.path.join(self.out, stage)
+        data = store.load_rows(folder) if self.report_only else \
+            engine.run_sweep(sweep, folder, on_row=on_row, **self.sweep_options)
+        write_sweep_report(data, folder)
+        self.incomplete += [r["trial"] for r in data["rows"] if r.get("status") != "completed"]
+        return data
+
+
+def completed(rows: Sequence[dict]) -> list[dict]:
+    """The completed rows."""
+    return [r for r in rows if r.get("status") == "completed"]
+
+
+def top1(row: dict) -> float | None:
+    """Test top-1 accuracy of a row."""
+    return value(row, "results.test_accuracy")
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (PNG files, no display).
+
+    Raises:
+        kbench.sweep.spec.SweepError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        from kbench.sweep.spec import SweepError
+
+        raise SweepError("matplotlib is not installed; pip install 'kbench[report]' for the study plots") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out: str, name: str) -> str:
+    """Save ``fig`` as ``out/<name>.png`` (120 dpi) and close it; returns the file name."""
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, f"{name}.png"), dpi=120)
+    pyplot().close(fig)
+    return f"{name}.png"
+
+
+def write_report(out: str, lines: Sequence[str]) -> str:
+    """Write ``out/report.md``; returns its path."""
+    path = os.path.join(out, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+    return path
