@@ -63,13 +63,15 @@ def tests_torch(session: nox.Session) -> None:
 
 @nox.session(name="tests-cross-backend", python=PYTHON)
 def tests_cross_backend(session: nox.Session) -> None:
-    """All three backends in one venv: a model saved on each backend must load and
-    predict the same on the other two, and a tiny model must give the same logits,
-    gradients and training losses on all three (each side in its own subprocess)."""
+    """All three backends and Ray in one venv: a model saved on each backend must load and
+    predict the same on the other two, a tiny model must give the same logits, gradients
+    and training losses on all three (each side in its own subprocess), and the Ray sweep
+    runner runs a grid on two backends (tests/sweep/test_sweep_ray.py)."""
     gpu = has_nvidia_gpu()
-    session.install("-e", ".[test]", *(p for b in BACKEND_PACKAGES.values() for p in b[1 if gpu else 0]))
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_predict.py", "tests/parity/test_parity.py",
-                "-k", "other_backends or across_backends", *(session.posargs or ["-m", "not slow"]))
+    session.install("-e", ".[test,sweep]", *(p for b in BACKEND_PACKAGES.values() for p in b[1 if gpu else 0]))
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "--durations=5", "tests/test_predict.py",
+                "tests/parity/test_parity.py", "tests/sweep/test_sweep_ray.py",
+                "-k", "other_backends or across_backends or sweep_ray", *(session.posargs or ["-m", "not slow"]))
 
 
 @nox.session(python=PYTHON)

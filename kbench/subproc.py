@@ -79,6 +79,25 @@ def _stop(proc: subprocess.Popen, group: bool, grace_s: float | None, terminate:
     proc.wait()
 
 
+def _wait(proc: subprocess.Popen, timeout: float | None) -> None:
+    """``proc.wait(timeout)`` in slices of 0.5 s, so that an exception raised in this
+    thread from outside (``_thread.interrupt_main``, Ray's task cancellation) is seen
+    within half a second rather than when the child ends.
+
+    Raises:
+        subprocess.TimeoutExpired: ``timeout`` seconds passed.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        try:
+            proc.wait(timeout=0.5 if left is None else max(0.0, min(0.5, left)))
+            return
+        except subprocess.TimeoutExpired:
+            if left is not None and left <= 0.5:
+                raise
+
+
 def _die_with_parent() -> None:
     """In the child before ``exec``: ask Linux for SIGKILL when the parent dies
     (``prctl(PR_SET_PDEATHSIG, SIGKILL)``; nothing on other systems)."""
@@ -141,7 +160,7 @@ def run_logged(cmd: Sequence[str], log: str, *, env: dict[str, str] | None = Non
         reader.start()
         timed_out = False
         try:
-            proc.wait(timeout=timeout)
+            _wait(proc, timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             if timeout_note:

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from marks import slow_on
 
 from kbench import KbenchError
 from kbench.models.saved import load_saved_model
@@ -91,6 +92,7 @@ def _assert_same_as_uninterrupted(run_dir, clean, clean_rows, resumed_from):
     assert res["tested_epoch"] == clean["tested_epoch"]
 
 
+@slow_on("jax")  # CI time: 36-38 s on JAX; in CI on tensorflow and torch
 def test_step_checkpoint_sigkill_inside_an_epoch_then_exact_resume(cifar_dir, tmp_path, uninterrupted):
     # 3 batches per epoch, a step checkpoint every 2 steps: steps 8 (epoch 3) and 10 (epoch 4, batch 1);
     # killed at step 11 (epoch 4, batch 2). The resume replays batches 2-3 of epoch 4 with the saved
@@ -163,6 +165,7 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(cifar
         assert all(np.isfinite(z[k]).all() for k in z.files if z[k].dtype.kind == "f")
 
 
+@slow_on("jax")  # CI time: 36-38 s on JAX; in CI on tensorflow and torch
 def test_best_epoch_is_tested_and_saved_also_after_resume(cifar_dir, tmp_path):
     # epoch 2 starts from a wrecked head, so epoch 1 stays the best; the run is killed in
     # epoch 4 (after the best epoch) and resumed

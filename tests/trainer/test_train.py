@@ -142,6 +142,7 @@ def test_cli_input_size_below_minimum(tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before anything was created
 
 
+@slow_on("jax")  # CI time: 37 s on JAX; in CI on tensorflow and torch
 def test_cli_fast_dev_run(cifar_dir, tmp_path):
     r = _cli("--config", str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"),
              "--data.source", "folder", "--data.root", str(cifar_dir), "--trainer.fast_dev_run", "true",
