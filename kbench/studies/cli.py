@@ -28,7 +28,11 @@ from kbench.sweep.cli import default_backend
 from kbench.sweep.spec import SweepError, parse_backends, parse_seeds
 
 #: Study name -> module under kbench.studies.
-STUDIES = {"data_efficiency": "data_efficiency"}
+STUDIES = {
+    "data_efficiency": "data_efficiency",
+    "time_to_accuracy": "time_to_accuracy",
+    "freeze_depth": "freeze_depth",
+}
 
 
 def study_module(name: str):
