@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from kbench.sweep import engine, store
+from kbench.sweep.cli import show_row
 from kbench.sweep.report import value, write_sweep_report
 from kbench.sweep.spec import Sweep
 
@@ -97,7 +98,7 @@ class StudyContext:
                       list(backends or self.backends), [*overrides, *self.overrides], stage)
         folder = os.path.join(self.out, stage)
         data = store.load_rows(folder) if self.report_only else \
-            engine.run_sweep(sweep, folder, on_row=on_row, **self.sweep_options)
+            engine.run_sweep(sweep, folder, on_row=on_row or show_row, **self.sweep_options)
         write_sweep_report(data, folder)
         self.incomplete += [r["trial"] for r in data["rows"] if r.get("status") != "completed"]
         return data

@@ -119,7 +119,8 @@ def check_trials(sweep: Sweep) -> None:
                                  f"(see the message above); fix the grid or the overrides") from None
 
 
-def _show(row: dict, done: int, total: int) -> None:
+def show_row(row: dict, done: int, total: int) -> None:
+    """Print one line for a finished trial: ``[k/n] <id>: <status> <top-1 or error> in <s> s``."""
     acc = (row.get("results") or {}).get("test_accuracy")
     what = f"test top-1 {acc:.4f}" if row["status"] == "completed" and acc is not None else \
         ((row.get("error") or "").splitlines() or [""])[0]
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         data = engine.run_sweep(sweep, out, address=args.address, num_cpus=args.num_cpus,
                                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                                 retry_failed=args.retry_failed, timeout_s=args.timeout,
-                                max_retries=args.max_retries, on_row=_show)
+                                max_retries=args.max_retries, on_row=show_row)
     except SweepError as e:
         print(f"kbench.sweep: {e}", file=sys.stderr)
         return 2
