@@ -79,6 +79,15 @@ def _stop(proc: subprocess.Popen, group: bool, grace_s: float | None, terminate:
     proc.wait()
 
 
+def _pump(proc: subprocess.Popen, f, on_line: Callable[[str], None] | None) -> None:
+    """Copy the child's output lines to the open file ``f`` (and to ``on_line``) as they come."""
+    for line in proc.stdout:
+        f.write(line)
+        f.flush()
+        if on_line:
+            on_line(line.rstrip("\n"))
+
+
 def _wait(proc: subprocess.Popen, timeout: float | None) -> None:
     """``proc.wait(timeout)`` in slices of 0.5 s, so that an exception raised in this
     thread from outside (``_thread.interrupt_main``, Ray's task cancellation) is seen
@@ -149,14 +158,7 @@ def run_logged(cmd: Sequence[str], log: str, *, env: dict[str, str] | None = Non
         except OSError as e:
             return Finished(None, time.perf_counter() - t0, error=str(e))
 
-        def pump() -> None:
-            for line in proc.stdout:
-                f.write(line)
-                f.flush()
-                if on_line:
-                    on_line(line.rstrip("\n"))
-
-        reader = threading.Thread(target=pump, daemon=True)
+        reader = threading.Thread(target=_pump, args=(proc, f, on_line), daemon=True)
         reader.start()
         timed_out = False
         try:

@@ -127,7 +127,9 @@ def test_run_logged_reports_a_child_that_cannot_start(tmp_path):
 TOOL_MODULES = ["kbench.bench.cli", "kbench.bench.measure", "kbench.bench.report", "kbench.compare.cli",
                 "kbench.compare.env", "kbench.compare.report", "kbench.compare.run", "kbench.parity.cli",
                 "kbench.parity.worker", "kbench.parity.report", "kbench.host", "kbench.subproc",
-                "kbench.models.registry", "kbench.models.heads", "kbench.config", "kbench.recipes.policy"]
+                "kbench.models.registry", "kbench.models.heads", "kbench.config", "kbench.recipes.policy",
+                "kbench.sweep.cli", "kbench.sweep.engine", "kbench.sweep.trial", "kbench.studies.cli",
+                "kbench.studies.data_efficiency", "kbench.studies.time_to_accuracy", "kbench.studies.freeze_depth"]
 HEAVY = ("keras", "tensorflow", "jax", "torch")
 
 
