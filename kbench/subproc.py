@@ -133,11 +133,9 @@ def run_logged(cmd: Sequence[str], log: str, *, env: dict[str, str] | None = Non
         new_session: start the child in its own session (it does not get the
             terminal's Ctrl-C; SIGKILL goes to its whole process group).
         cwd: the child's working directory (``None``: this process's).
-        die_with_parent: on Linux, the child gets SIGKILL when this process dies
-            (``prctl(PR_SET_PDEATHSIG)``), so a killed parent leaves no orphan running.
-        interrupt_child: on Ctrl-C or another exception while waiting, send the child
-            SIGINT first (for a child that did not get the terminal's, e.g. in a new
-            session or when this process was interrupted by its own scheduler).
+        die_with_parent: on Linux the child gets SIGKILL when this process dies (no orphan).
+        interrupt_child: on an exception while waiting (Ctrl-C, Ray's cancel), send the
+            child SIGINT first (it did not get the terminal's: new session, or cancelled).
 
     Returns:
         :class:`Finished`; a child that cannot be started is ``returncode None`` with
