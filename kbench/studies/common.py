@@ -38,7 +38,22 @@ RECIPE_POINTS = {
     "fine_tune": {"recipe.name": "fine_tune", "recipe.epochs": 6, "recipe.fine_tune_epochs": 4},
     "scratch": {"recipe.name": "scratch", "recipe.epochs": 10},
 }
+EPOCH_KEYS = ("recipe.epochs", "recipe.fine_tune_epochs")
 RECIPE_COLORS = {"feature_extraction": "tab:blue", "fine_tune": "tab:green", "scratch": "tab:red"}
+
+
+def scaled_recipe(name: str, per_class: int, *, classes: int = 10, val_split: float = 0.1, batch_size: int = 64,
+                  min_steps: int = 100) -> dict:
+    """The sweep point of recipe ``name`` (:data:`RECIPE_POINTS`) with every phase's epochs
+    multiplied by the smallest integer that gives at least ``min_steps`` optimizer steps
+    in all (``per_class`` x ``classes`` images, ``val_split`` held out, ``batch_size``), so
+    that a small training set is not also a handful of steps (10 images per class at batch
+    64 is 2 steps per epoch: 20 steps in 10 epochs). The base epochs are the minimum."""
+    point = dict(RECIPE_POINTS[name])
+    train = max(1, round(per_class * classes * (1 - val_split)))
+    steps = -(-train // batch_size) * sum(point.get(k, 0) for k in EPOCH_KEYS)
+    factor = max(1, -(-min_steps // max(1, steps)))
+    return {k: v * factor if k in EPOCH_KEYS else v for k, v in point.items()}
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import argparse
 
-from kbench.studies.common import RECIPE_COLORS, RECIPE_POINTS, StudyContext, pyplot, save_figure, top1, write_report
+from kbench.studies.common import (
+    BASE_CONFIG,
+    RECIPE_COLORS,
+    RECIPE_POINTS,
+    StudyContext,
+    pyplot,
+    save_figure,
+    scaled_recipe,
+    top1,
+    write_report,
+)
+from kbench.subproc import arg_value
 from kbench.sweep.report import group, md_table, pm
 from kbench.sweep.spec import SweepError
 
@@ -25,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="10,50,250", help="training images per class (default 10,50,250; "
                                                        "the issue's full range: 10,25,100,500,4500)")
     p.add_argument("--recipes", default=",".join(RECIPE_POINTS), help="recipes compared (default all three)")
+    p.add_argument("--min-steps", type=int, default=100, help="epochs scaled up to at least this many optimizer "
+                                                              "steps per run (default 100)")
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -94,7 +107,11 @@ def verdict(groups: list[dict], sizes: list[int]) -> list[str]:
 
 def run(ctx: StudyContext, args: argparse.Namespace) -> str:
     sizes, recipes = parse_int_list(args.sizes, "--sizes"), parse_recipes(args.recipes)
-    points = [{**RECIPE_POINTS[r], SIZE_KEY: n} for r in recipes for n in sizes]
+    if args.min_steps < 1:
+        raise SweepError(f"--min-steps {args.min_steps}: give an integer >= 1")
+    batch = int(arg_value(ctx.overrides, "--data.batch_size") or BASE_CONFIG["data"]["batch_size"])
+    points = [{**scaled_recipe(r, n, batch_size=batch, min_steps=args.min_steps), SIZE_KEY: n}
+              for r in recipes for n in sizes]
     data = ctx.sweep("trials", points)
     groups = group(data["rows"], ["point.recipe.name", f"point.{SIZE_KEY}", "backend"],
                    {"top1": top1, "wall": lambda r: r.get("wall_time_s")})
@@ -104,8 +121,10 @@ def run(ctx: StudyContext, args: argparse.Namespace) -> str:
     plot = _plot(pooled, recipes, ctx.out)
     lines = [f"# Study: data efficiency ({CLAIM}?)", "",
              f"VGG16 at {ctx.image_size}x{ctx.image_size}, seeds {ctx.seeds}, backends {', '.join(ctx.backends)}; "
-             f"options of every trial: `{' '.join(ctx.overrides) or '(none)'}`; the recipes' epochs: "
-             + "; ".join(f"{k}: {v}" for k, v in RECIPE_POINTS.items() if k in recipes) + ".", "",
+             f"options of every trial: `{' '.join(ctx.overrides) or '(none)'}`. Epochs (head + fine-tune phase): "
+             + "; ".join(f"{p['recipe.name']} at {p[SIZE_KEY]}/class: {p['recipe.epochs']}"
+                         + (f"+{p['recipe.fine_tune_epochs']}" if "recipe.fine_tune_epochs" in p else "")
+                         for p in points) + f" (the base epochs, scaled up to >= {args.min_steps} steps).", "",
              *md_table(["recipe", "backend", "images/class", "trials", "test top-1", "wall s"], table), "",
              f"![test top-1 vs images per class]({plot})", "", "## Verdict", "",
              *verdict(pooled, sizes)]
