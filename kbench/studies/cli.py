@@ -28,7 +28,8 @@ from kbench.sweep.cli import default_backend
 from kbench.sweep.spec import SweepError, parse_backends, parse_seeds
 
 #: Study name -> module under kbench.studies.
-STUDIES = {"data_efficiency": "data_efficiency"}
+STUDIES = {"data_efficiency": "data_efficiency", "backbone_table": "backbone_table",
+           "task_similarity": "task_similarity"}
 
 
 def study_module(name: str):
