@@ -50,7 +50,7 @@ ARTICLE_TABLE = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=100, help="training images per class (default 100)")
+    p.add_argument("--size", type=int, default=200, help="training images per class (default 200)")
     p.add_argument("--backbones", default=",".join(ARTICLE_TABLE),
                    help=f"backbones compared (default the article's six: {','.join(ARTICLE_TABLE)})")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
@@ -215,6 +215,7 @@ def _plot(groups: list[dict], out: str) -> str:
         ax.annotate(f"{g['point.model.backbone']} ({g['backend']})", (g["infer"]["mean"], g["top1"]["mean"]),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.1)
     ax.set_xlabel("inference images/s (log)")
     ax.set_ylabel("test top-1")
     ax.grid(alpha=0.3)

@@ -83,7 +83,7 @@ def test_data_root_is_read_and_removed_from_the_overrides(tmp_path):
 
 
 def args(**kw):
-    base = {"size": 20, "pretrain_size": 100, "pretrain_epochs": 5, "pretrain_backbone": "vgg16",
+    base = {"size": 20, "pretrain_size": 100, "pretrain_epochs": 5, "pretrain_backbone": "vgg16", "pretrain_lr": 1e-4,
             "recipes": "feature_extraction,fine_tune,scratch"}
     return argparse.Namespace(**{**base, **kw})
 
@@ -91,6 +91,8 @@ def args(**kw):
 def test_bad_options_are_refused():
     with pytest.raises(SweepError, match="--pretrain-epochs 0"):
         ts.check_options(args(pretrain_epochs=0), [])
+    with pytest.raises(SweepError, match="--pretrain-lr 0"):
+        ts.check_options(args(pretrain_lr=0.0), [])
     with pytest.raises(SweepError, match="--pretrain-backbone 'vgg17'"):
         ts.check_options(args(pretrain_backbone="vgg17"), [])
     with pytest.raises(SweepError, match="--model.weights after --: the study sets it"):
