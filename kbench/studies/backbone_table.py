@@ -50,7 +50,7 @@ ARTICLE_TABLE = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=200, help="training images per class (default 200)")
+    p.add_argument("--size", type=int, default=500, help="training images per class (default 500)")
     p.add_argument("--backbones", default=",".join(ARTICLE_TABLE),
                    help=f"backbones compared (default the article's six: {','.join(ARTICLE_TABLE)})")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
