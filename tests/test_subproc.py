@@ -129,7 +129,8 @@ TOOL_MODULES = ["kbench.bench.cli", "kbench.bench.measure", "kbench.bench.report
                 "kbench.parity.worker", "kbench.parity.report", "kbench.host", "kbench.subproc",
                 "kbench.models.registry", "kbench.models.heads", "kbench.config", "kbench.recipes.policy",
                 "kbench.sweep.cli", "kbench.sweep.engine", "kbench.sweep.trial", "kbench.studies.cli",
-                "kbench.studies.data_efficiency", "kbench.studies.time_to_accuracy", "kbench.studies.freeze_depth"]
+                "kbench.studies.data_efficiency", "kbench.studies.time_to_accuracy", "kbench.studies.freeze_depth",
+                "kbench.studies.backbone_table", "kbench.studies.task_similarity"]
 HEAVY = ("keras", "tensorflow", "jax", "torch")
 
 

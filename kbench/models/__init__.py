@@ -5,6 +5,7 @@
 * :mod:`~kbench.models.layers`: kbench's saved layers (``kbench>Preprocess``, ``kbench>ClassNames``).
 * :mod:`~kbench.models.transfer`: :class:`TransferModel` and :func:`build_model` (backbone + head).
 * :mod:`~kbench.models.saved`: loading a saved ``model.keras`` safely on any backend.
+* :mod:`~kbench.models.export`: a run's backbone as a ``--model.weights`` file (``python -m kbench.models.export``).
 
 Public names resolve lazily, so ``import kbench.models.registry`` imports no keras.
 """

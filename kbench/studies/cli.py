@@ -32,6 +32,8 @@ STUDIES = {
     "data_efficiency": "data_efficiency",
     "time_to_accuracy": "time_to_accuracy",
     "freeze_depth": "freeze_depth",
+    "backbone_table": "backbone_table",
+    "task_similarity": "task_similarity",
 }
 
 
