@@ -86,9 +86,11 @@ def _plot(groups: list[dict], recipes: list[str], out: str) -> str:
 
 
 def verdict(groups: list[dict], sizes: list[int]) -> list[str]:
-    """Per size: best transfer recipe minus scratch (points of top-1), and where scratch
-    catches up (its mean within one std of the best transfer mean)."""
-    lines, caught = [], None
+    """Per size: best transfer recipe minus scratch (points of top-1); then where scratch
+    catches up: the smallest size from which on scratch's mean is within one std of the
+    best transfer mean at every larger size measured too (a tie at a size where every
+    recipe is near chance does not count when transfer pulls ahead later)."""
+    lines, within = [], {}
     for n in sizes:
         at = {g["point.recipe.name"]: g["top1"] for g in groups if g[f"point.{SIZE_KEY}"] == n}
         transfer = [(s["mean"], s["std"], k) for k, s in at.items() if k != "scratch" and s["mean"] is not None]
@@ -98,10 +100,11 @@ def verdict(groups: list[dict], sizes: list[int]) -> list[str]:
         gap = 100 * (best - at["scratch"]["mean"])
         lines.append(f"- {n} images/class: {name} {best:.4f} vs scratch {at['scratch']['mean']:.4f} "
                      f"({gap:+.1f} points)")
-        if caught is None and at["scratch"]["mean"] >= best - max(std, at["scratch"]["std"]):
-            caught = n
-    lines.append(f"- scratch catches up (within one std of the best transfer recipe) at {caught} images/class"
-                 if caught else "- scratch does not catch up with transfer at any size measured")
+        within[n] = at["scratch"]["mean"] >= best - max(std, at["scratch"]["std"])
+    measured = sorted(within)
+    caught = next((n for i, n in enumerate(measured) if all(within[m] for m in measured[i:])), None)
+    lines.append(f"- scratch catches up (within one std of the best transfer recipe from there on) at {caught} "
+                 "images/class" if caught else "- scratch does not catch up with transfer at the largest size measured")
     return lines
 
 

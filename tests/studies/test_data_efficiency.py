@@ -45,8 +45,12 @@ def test_verdict_names_the_gap_and_where_scratch_catches_up():
     assert lines == ["- 10 images/class: fine_tune 0.3500 vs scratch 0.1100 (+24.0 points)",
                      "- 100 images/class: fine_tune 0.5900 vs scratch 0.4200 (+17.0 points)",
                      "- 1000 images/class: fine_tune 0.7100 vs scratch 0.7000 (+1.0 points)",
-                     "- scratch catches up (within one std of the best transfer recipe) at 1000 images/class"]
-    assert de.verdict(groups, [10, 100])[-1] == "- scratch does not catch up with transfer at any size measured"
+                     "- scratch catches up (within one std of the best transfer recipe from there on) at 1000 images/class"]
+    assert de.verdict(groups, [10, 100])[-1] == "- scratch does not catch up with transfer at the largest size measured"
+    tie_at_chance = [dict(r, results={"test_accuracy": 0.1}) if r["point"][de.SIZE_KEY] == 10 else r for r in _rows()]
+    groups = group(tie_at_chance, ["point.recipe.name", f"point.{de.SIZE_KEY}"], {"top1": lambda r: r["results"]
+                                                                                 ["test_accuracy"]})
+    assert de.verdict(groups, [10, 100])[-1] == "- scratch does not catch up with transfer at the largest size measured"
 
 
 def test_report_only_from_stored_rows(tmp_path, capsys):
