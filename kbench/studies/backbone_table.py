@@ -72,7 +72,9 @@ def parse_backbones(text: str) -> list[str]:
 
 
 def parse_weights(items: list[str], backbones: list[str]) -> dict[str, str]:
-    """``["vgg16=/w/v.weights.h5"]`` -> ``{"vgg16": "/w/v.weights.h5"}`` (absolute paths).
+    """``["vgg16=/w/v.weights.h5"]`` -> ``{"vgg16": "/w/v.weights.h5"}`` (absolute paths);
+    ``NAME=imagenet`` keeps Keras's ImageNet download (machines with network access) and
+    ``all=imagenet`` does so for every backbone compared.
 
     Raises:
         SweepError: no ``=``, a backbone not compared, a name given twice, or a file that
@@ -84,11 +86,17 @@ def parse_weights(items: list[str], backbones: list[str]) -> dict[str, str]:
         name = name.strip().lower()
         if not sep or not path.strip():
             raise SweepError(f"--weights {item!r}: write NAME=PATH, e.g. --weights vgg16=vgg16.weights.h5")
+        if name == "all" and path.strip() == "imagenet":
+            out.update({b: "imagenet" for b in backbones if b not in out})
+            continue
         if name not in backbones:
             raise SweepError(f"--weights {item!r}: {name!r} is not one of the backbones compared "
                              f"({', '.join(backbones)})")
         if name in out:
             raise SweepError(f"--weights {item!r}: a second file for {name!r}; give one file per backbone")
+        if path.strip() == "imagenet":
+            out[name] = "imagenet"
+            continue
         if not os.path.isfile(os.path.expanduser(path)):
             raise SweepError(f"--weights {item!r}: file {path!r} does not exist; pass an existing .weights.h5 file")
         out[name] = os.path.abspath(os.path.expanduser(path))

@@ -74,6 +74,9 @@ def test_parse_weights_and_backbones(tmp_path):
     f = tmp_path / "v.weights.h5"
     f.write_bytes(b"x")
     assert bt.parse_weights([f"VGG16={f}"], ["vgg16"]) == {"vgg16": str(f)}
+    assert bt.parse_weights([f"vgg16={f}", "all=imagenet"], ["vgg16", "xception"]) == {"vgg16": str(f),
+                                                                                      "xception": "imagenet"}
+    assert bt.weights_label("imagenet") == "imagenet"
     for bad, msg in [(["vgg16"], "write NAME=PATH"), ([f"vgg19={f}"], "not one of the backbones compared"),
                      ([f"vgg16={f}", f"vgg16={f}"], "a second file"), (["vgg16=/nope.weights.h5"], "does not exist")]:
         with pytest.raises(SweepError, match=msg):
