@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"backbones compared (default the article's six: {','.join(ARTICLE_TABLE)})")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                    help="a local weights file (headless backbone, .weights.h5) for backbone NAME; repeatable. "
-                        "Backbones without one run from random init and are marked so")
+                        "NAME=imagenet (or all=imagenet): Keras's ImageNet download. Backbones without one "
+                        "run from random init and are marked so")
 
 
 def parse_backbones(text: str) -> list[str]:
