@@ -109,7 +109,11 @@ def _wait(proc: subprocess.Popen, timeout: float | None) -> None:
 
 def _die_with_parent() -> None:
     """In the child before ``exec``: ask Linux for SIGKILL when the parent dies
-    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``; nothing on other systems)."""
+    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``; nothing on other systems), and give SIGINT its
+    default action and unblock it and SIGTERM (a parent such as a Ray worker may ignore
+    or block them, and both survive ``exec``: the child would not stop on Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -43,7 +43,7 @@ def study_module(name: str):
 
 
 def _common(p: argparse.ArgumentParser, name: str, seeds: str) -> None:
-    p.add_argument("--output", default=os.path.join("studies", name), help="study folder (default studies/%(prog)s)")
+    p.add_argument("--output", default=os.path.join("studies", name), help=f"study folder (default studies/{name})")
     p.add_argument("--backends", help="comma-separated Keras backends (default KERAS_BACKEND or the first installed)")
     p.add_argument("--seeds", default=seeds, help=f"count or list of seeds (default {seeds})")
     p.add_argument("--image-size", type=int, default=32, help="model.image_size (default 32; 64 = reference scenario)")
@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         print("kbench.studies: interrupted; finished trials are stored, rerun the same command to go on",
               file=sys.stderr)
         return 130
+    if ctx.warnings:
+        with open(path) as f:
+            title, _, rest = f.read().partition("\n")
+        with open(path, "w") as f:
+            f.write("\n".join([title, "", *ctx.warnings, rest]))
+        print("\n".join(ctx.warnings), file=sys.stderr)
     print(f"report: {path}")
     if ctx.incomplete:
         print(f"kbench.studies: {len(ctx.incomplete)} trial(s) did not complete (see the report): "

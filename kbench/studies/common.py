@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import yaml
 
 from kbench.sweep import engine, store
-from kbench.sweep.cli import show_row
+from kbench.sweep.cli import check_trials, show_row
 from kbench.sweep.report import value, write_sweep_report
-from kbench.sweep.spec import Sweep
+from kbench.sweep.spec import Sweep, SweepError
 
 #: The study base config: VGG16 on CIFAR-10 at 32x32 (the small default; --image-size 64
 #: is the reference scenario), a GAP head, 100 test images per class, quiet output.
@@ -39,6 +39,10 @@ RECIPE_POINTS = {
     "scratch": {"recipe.name": "scratch", "recipe.epochs": 10},
 }
 EPOCH_KEYS = ("recipe.epochs", "recipe.fine_tune_epochs")
+#: kbench.run options that cut a study's protocol short: allowed (tiny trial runs), named at
+#: the top of the report, since the epochs and sizes the report states are then not what ran.
+PROTOCOL_CUTS = ("trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches",
+                 "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.fast_dev_run")
 RECIPE_COLORS = {"feature_extraction": "tab:blue", "fine_tune": "tab:green", "scratch": "tab:red"}
 
 
@@ -77,6 +81,7 @@ class StudyContext:
             (address, num_cpus, cpus_per_trial, gpus_per_trial, retry_failed, timeout_s).
         report_only: :meth:`sweep` reads the stored rows and runs nothing.
         incomplete: ids of the trials that did not complete, over all stages.
+        warnings: lines the CLI puts at the top of the report (options that cut the protocol).
     """
 
     out: str
@@ -87,6 +92,7 @@ class StudyContext:
     sweep_options: dict = field(default_factory=dict)
     report_only: bool = False
     incomplete: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def config(self, stage: str, extra: dict | None = None) -> tuple[str, str]:
         """Write the stage's config (:data:`BASE_CONFIG` + image size + ``extra``) to
@@ -99,19 +105,41 @@ class StudyContext:
             f.write(text)
         return path, text
 
+    def check_overrides(self, points: Sequence[dict]) -> None:
+        """Refuse a ``--`` option the study sets per trial (it would be silently overridden,
+        and the report would describe it as applied); note the options that cut the protocol.
+
+        Raises:
+            kbench.sweep.spec.SweepError: names the option.
+        """
+        given = {a[2:].split("=", 1)[0] for a in self.overrides if a.startswith("--")}
+        clash = sorted(given & {k for p in points for k in p})
+        if clash:
+            raise SweepError(f"the study sets {', '.join(clash)} per trial; remove --{clash[0]} from the options "
+                             "after -- (use the study's own options, see --help)")
+        for key in sorted(given & set(PROTOCOL_CUTS)):
+            line = (f"**Protocol cut short:** `--{key}` was given after `--`, so the epochs, steps or batches stated "
+                    "below are upper bounds, not what ran; do not read this report as the study's result.")
+            if line not in self.warnings:
+                self.warnings.append(line)
+
     def sweep(self, stage: str, points: Sequence[dict], *, config: dict | None = None, seeds: Sequence[int] | None = None,
               backends: Sequence[str] | None = None, overrides: Sequence[str] = (), on_row=None) -> dict:
         """Run one stage as a sweep into ``out/<stage>/`` (resumable) and return its rows
         data; trials that did not complete are named in :attr:`incomplete`.
 
         Raises:
-            kbench.sweep.spec.SweepError: Ray missing/unreachable, a bad resource request, or
+            kbench.sweep.spec.SweepError: a ``--`` option the study sets or one kbench.run
+                refuses (checked before anything runs), Ray missing/unreachable, a bad resource request, or
                 (``report_only``) no rows stored for the stage.
         """
+        self.check_overrides(points)
         path, text = self.config(stage, config)
         sweep = Sweep(path, text, [dict(p) for p in points], list(seeds if seeds is not None else self.seeds),
                       list(backends or self.backends), [*overrides, *self.overrides], stage)
         folder = os.path.join(self.out, stage)
+        if not self.report_only:
+            check_trials(sweep)
         data = store.load_rows(folder) if self.report_only else \
             engine.run_sweep(sweep, folder, on_row=on_row or show_row, **self.sweep_options)
         write_sweep_report(data, folder)

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipes", default=",".join(RECIPE_POINTS), help="recipes compared (default all three)")
     p.add_argument("--target", default="auto",
                    help="validation top-1 to reach: a number in (0, 1] (absolute), 'N%%' (N %% of the lowest "
-                        f"recipe's best mean validation top-1), or auto (= {TARGET_FRACTION:.0%})")
+                        f"recipe's best mean validation top-1), or auto (= {100 * TARGET_FRACTION:.0f}%%)")
 
 
 def parse_target(text: str) -> tuple[str, float]:

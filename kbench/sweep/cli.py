@@ -36,6 +36,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from kbench import BACKENDS
 from kbench.sweep import engine, report, store
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     p.add_argument("--max-retries", type=int, default=1, help="Ray retries of a trial whose worker died")
     p.add_argument("--timeout", type=float, help="seconds a trial may run before it is stopped (checkpointed)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep completed trials' checkpoints (default: deleted once a trial completes; 100-250 MB each)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and what would run, run nothing")
     p.add_argument("--report-only", metavar="DIR", help="rewrite DIR/sweep.md from DIR/rows.json")
     p.add_argument("overrides", nargs="*", help="after --: kbench.run options for every trial")
@@ -120,13 +123,18 @@ def check_trials(sweep: Sweep) -> None:
 
 
 def show_row(row: dict, done: int, total: int) -> None:
-    """Print one line for a finished trial: ``[k/n] <id>: <status> <top-1 or error> in <s> s``."""
+    """Print one line for a finished trial: ``[k/n] <id>: <status> ...`` with its test
+    top-1 and time, or the error (the log holds the rest)."""
     acc = (row.get("results") or {}).get("test_accuracy")
-    what = f"test top-1 {acc:.4f}" if row["status"] == "completed" and acc is not None else \
-        ((row.get("error") or "").splitlines() or [""])[0]
     wall = f" in {row['wall_time_s']:.1f} s" if row.get("wall_time_s") else (" (reused)" if row.get("reused") else "")
+    if row["status"] == "completed" and acc is not None:
+        what = f"test top-1 {acc:.4f}{wall}"
+    else:
+        error = (row.get("error") or "").split("\n--- last lines")[0].replace("\n", " ")
+        what = f"after{wall.removeprefix(' in') or ' 0 s'}: {error} (log: {row.get('log')})"
     color = "green" if row["status"] == "completed" else "red"
-    console.print(f"[{done}/{total}] {row['trial']}: [{color}]{row['status']}[/] {what}{wall}", highlight=False)
+    console.print(f"[{done}/{total}] {escape(row['trial'])}: [{color}]{row['status']}[/] {escape(what)}",
+                  highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         sweep = sweep_from_args(args)
         check_trials(sweep)
         out = args.output or os.path.join("sweeps", sweep.name)
-        todo = store.plan(sweep.trials(), store.stored_rows(out), args.retry_failed)
+        stored = store.stored_rows(out)
+        todo = store.plan(sweep.trials(), stored, args.retry_failed)
+        kept = sum((stored.get(t.id) or {}).get("status") == "failed" for t in sweep.trials())
         console.print(f"sweep {sweep.name}: {len(sweep.trials())} trials ({len(sweep.points)} points x "
-                      f"{len(sweep.backends)} backends x {len(sweep.seeds)} seeds), {len(todo)} to run, into {out}")
+                      f"{len(sweep.backends)} backends x {len(sweep.seeds)} seeds), {len(todo)} to run, into {out}"
+                      + (f" ({kept} failed trial(s) kept as they are: --retry-failed runs them again)"
+                         if kept and not args.retry_failed else ""), highlight=False)
         if args.dry_run:
             for t, attempt in todo:
                 console.print(f"  {t.id} (attempt {attempt}): KERAS_BACKEND={t.backend} {' '.join(t.overrides())}",
@@ -149,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         data = engine.run_sweep(sweep, out, address=args.address, num_cpus=args.num_cpus,
                                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                                 retry_failed=args.retry_failed, timeout_s=args.timeout,
-                                max_retries=args.max_retries, on_row=show_row)
+                                max_retries=args.max_retries, keep_checkpoints=args.keep_checkpoints,
+                                on_row=show_row)
     except SweepError as e:
         print(f"kbench.sweep: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from collections.abc import Callable
 
 from kbench.sweep import store
@@ -28,12 +30,13 @@ from kbench.sweep.trial import STOP_GRACE_S, execute_trial
 
 
 def _trial_task(trial: Trial, out_dir: str, config_text: str, overrides: list[str], attempt: int,
-                timeout_s: float | None, cwd: str) -> dict | None:
-    """The body of one Ray task: the trial's row, ``None`` when it was cancelled."""
+                timeout_s: float | None, cwd: str, keep_checkpoints: bool) -> dict | None:
+    """The body of one Ray task: the trial's row (``interrupted`` when it was cancelled)."""
     try:
-        return execute_trial(trial, out_dir, config_text, overrides, attempt=attempt, timeout_s=timeout_s, cwd=cwd)
-    except KeyboardInterrupt:  # ray.cancel: the run has checkpointed; the next sweep resumes it
-        return None
+        return execute_trial(trial, out_dir, config_text, overrides, attempt=attempt, timeout_s=timeout_s, cwd=cwd,
+                             keep_checkpoints=keep_checkpoints)
+    except KeyboardInterrupt as e:  # ray.cancel: the run has checkpointed; the next sweep resumes it
+        return getattr(e, "row", None)
 
 
 def _import_ray():
@@ -45,6 +48,25 @@ def _import_ray():
     return ray
 
 
+def check_address(address: str | None, timeout_s: float = 10.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) nobody listens on, before Ray
+    spends minutes retrying it (``auto``, ``local`` and no address are left to Ray).
+
+    Raises:
+        SweepError: names the address and what to do.
+    """
+    target = (address or os.environ.get("RAY_ADDRESS") or "").removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SweepError(f"no Ray cluster answers at {address or os.environ.get('RAY_ADDRESS')!r} ({e.strerror or e}); "
+                         "start one with `ray start --head` there, fix --address / RAY_ADDRESS, or drop them for a "
+                         "local instance") from None
+
+
 def start_ray(address: str | None, num_cpus: int | None):
     """``ray.init`` a local instance (``num_cpus``: its CPU count, default all) or
     attach to ``address`` / ``RAY_ADDRESS``; returns the ``ray`` module.
@@ -53,6 +75,7 @@ def start_ray(address: str | None, num_cpus: int | None):
         SweepError: Ray is not installed, or the cluster cannot be reached.
     """
     ray = _import_ray()
+    check_address(address)
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if not (address or os.environ.get("RAY_ADDRESS")):
         kwargs["num_cpus"] = num_cpus
@@ -87,7 +110,7 @@ def _ray_error_row(ray, trial: Trial, attempt: int, error: Exception) -> dict:
 
 def run_sweep(sweep: Sweep, out_dir: str, *, address: str | None = None, num_cpus: int | None = None,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, retry_failed: bool = False,
-              timeout_s: float | None = None, max_retries: int = 1,
+              timeout_s: float | None = None, max_retries: int = 1, keep_checkpoints: bool = False,
               on_row: Callable[[dict, int, int], None] | None = None) -> dict:
     """Run the trials of ``sweep`` that are not finished in ``out_dir``, and return
     the rows file's data (:func:`kbench.sweep.store.write_rows`).
@@ -99,6 +122,8 @@ def run_sweep(sweep: Sweep, out_dir: str, *, address: str | None = None, num_cpu
         retry_failed: run ``failed`` trials again (their attempt number goes up).
         timeout_s: seconds a run may take before it is stopped (SIGTERM, checkpoint).
         max_retries: Ray's retries of a task whose worker or node died.
+        keep_checkpoints: keep completed trials' checkpoints (default: deleted, see
+            :func:`kbench.sweep.trial.drop_checkpoints`).
         on_row: called with (row, trials done, trials to do) as each trial ends.
 
     Raises:
@@ -107,46 +132,70 @@ def run_sweep(sweep: Sweep, out_dir: str, *, address: str | None = None, num_cpu
             every row that arrived is stored.
     """
     out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     stored = store.stored_rows(out_dir)
     todo = store.plan(sweep.trials(), stored, retry_failed)
-    store.write_rows(out_dir, sweep, stored)
     if todo:
         ray = start_ray(address, num_cpus)
         try:
             check_resources(ray, cpus_per_trial, gpus_per_trial)
+            os.makedirs(out_dir, exist_ok=True)
+            store.write_rows(out_dir, sweep, stored)
             task = ray.remote(_trial_task).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
                                                    max_retries=max_retries)
-            refs = {task.remote(t, out_dir, sweep.config_text, sweep.overrides, a, timeout_s, os.getcwd()): (t, a)
-                    for t, a in todo}
+            refs = {task.remote(t, out_dir, sweep.config_text, sweep.overrides, a, timeout_s, os.getcwd(),
+                                keep_checkpoints): (t, a) for t, a in todo}
             _collect(ray, refs, out_dir, sweep, stored, on_row)
         finally:
             ray.shutdown()
+    os.makedirs(out_dir, exist_ok=True)
     store.write_rows(out_dir, sweep, stored)
     return store.load_rows(out_dir)
 
 
+def _wait_one(ray, refs: dict) -> list:
+    """``ray.wait`` for one finished task, in 0.5 s slices: ``ray.wait`` blocks in C++
+    and would hold a Ctrl-C back until a trial ends."""
+    while True:
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+        if ready:
+            return ready
+
+
+def _store(ray, ref, refs: dict, out_dir: str, sweep: Sweep, stored: dict) -> dict | None:
+    """The row of a finished task (a failed row when Ray could not run it; ``None`` when
+    it was cancelled), stored at once."""
+    trial, attempt = refs.pop(ref)
+    try:
+        row = ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        row = None
+    except ray.exceptions.RayError as e:
+        row = _ray_error_row(ray, trial, attempt, e)
+    if row is not None:
+        stored[row["trial"]] = row
+        store.save_row(out_dir, row)
+        store.write_rows(out_dir, sweep, stored)
+    return row
+
+
 def _collect(ray, refs: dict, out_dir: str, sweep: Sweep, stored: dict, on_row) -> None:
-    """Store each trial's row as its task ends; on Ctrl-C cancel the rest and wait for
-    them to checkpoint (up to the stop grace)."""
+    """Store each trial's row as its task ends; on Ctrl-C cancel the rest (their runs get
+    SIGINT and checkpoint), store what still arrives within the stop grace, re-raise."""
     total, done = len(refs), 0
     try:
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            trial, attempt = refs.pop(ready[0])
-            try:
-                row = ray.get(ready[0])
-            except ray.exceptions.RayError as e:
-                row = _ray_error_row(ray, trial, attempt, e)
+            row = _store(ray, _wait_one(ray, refs)[0], refs, out_dir, sweep, stored)
             done += 1
-            if row is not None:
-                stored[row["trial"]] = row
-                store.save_row(out_dir, row)
-                store.write_rows(out_dir, sweep, stored)
             if on_row and row is not None:
                 on_row(row, done, total)
     except KeyboardInterrupt:
+        print(f"kbench.sweep: Ctrl-C: stopping {len(refs)} running or queued trial(s); each running one writes a "
+              f"checkpoint (up to {STOP_GRACE_S} s; Ctrl-C again to stop at once)", flush=True)
         for ref in refs:
             ray.cancel(ref)
-        ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE_S + 10)
+        deadline = time.monotonic() + STOP_GRACE_S + 10
+        while refs and time.monotonic() < deadline:
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            for ref in ready:
+                _store(ray, ref, refs, out_dir, sweep, stored)
         raise

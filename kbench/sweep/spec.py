@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -223,7 +224,7 @@ def load_sweep_file(path: str) -> dict:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise SweepError(f"--sweep {path!r} cannot be read as YAML ({e}); see docs/studies.md for the format") from None
+        raise SweepError(f"--sweep {path!r} cannot be read as YAML ({e}); see README \"Sweeps and research studies\" for the format") from None
     if not isinstance(data, dict):
         raise SweepError(f"--sweep {path!r}: expected a mapping with keys {', '.join(SWEEP_FILE_KEYS)}")
     unknown = sorted(set(data) - set(SWEEP_FILE_KEYS))
@@ -238,6 +239,8 @@ def load_sweep_file(path: str) -> dict:
         raise SweepError(f"--sweep {path!r}: points must be a list of mappings (config key: value)")
     data["points"] = [{check_key(k, f"{path} points"): v for k, v in p.items()} for p in points]
     over = data.get("overrides") or []
+    if isinstance(over, str):
+        over = shlex.split(over)
     if isinstance(over, dict):
         over = [a for k, v in over.items() for a in (f"--{k.removeprefix('--')}", cli_value(v))]
     data["overrides"] = [str(a) for a in over]

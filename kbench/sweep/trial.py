@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import time
 
@@ -53,15 +54,46 @@ def resumable_run(root: str) -> str | None:
     return max(found)[1] if found else None
 
 
+def whole_error(error: str | None, log: str) -> str | None:
+    """``error`` (:func:`kbench.compare.run.make_row`'s: "why: <error line>" + log tail) with
+    the error line completed by the lines the log wrapped it onto (up to 4 in all)."""
+    if not error:
+        return error
+    lines = [x.strip() for x in subproc.log_tail(log, 40).splitlines()]
+    last = subproc.error_line("\n".join(lines))
+    first, sep, rest = error.partition("\n")
+    if last not in lines or not first.endswith(last):
+        return error
+    i = lines.index(last)
+    more = []
+    for line in lines[i + 1:i + 4]:
+        if subproc.ERROR_LINE.match(line) or line.startswith(("Traceback", "---", "[kbench")):
+            break
+        more.append(line)
+    return " ".join([first, *more]) + sep + rest
+
+
 def trial_row(trial: Trial, row: dict, attempt: int, resumed_from: str | None, started: str, out_dir: str) -> dict:
     """``row`` (:func:`kbench.compare.run.make_row`) with the trial's fields added."""
+    row["error"] = whole_error(row.get("error"), os.path.join(out_dir, row["log"])) if row.get("log") else \
+        row.get("error")
     return {"trial": trial.id, "point": dict(trial.point), **row, "attempt": attempt,
             "resumed_from": os.path.relpath(resumed_from, out_dir) if resumed_from else None,
             "node": socket.gethostname(), "started": started, "finished": _stamp()}
 
 
+def drop_checkpoints(row: dict, out_dir: str) -> None:
+    """Delete the ``checkpoints/`` folder of a completed trial's run (they only serve
+    ``--resume``; ``model.keras``, ``results.json`` and ``metrics.csv`` stay): a VGG16 trial
+    keeps 100-250 MB of them otherwise. The row records it (``checkpoints_dropped``)."""
+    if row.get("status") == "completed" and row.get("run_dir"):
+        folder = os.path.join(out_dir, row["run_dir"], "checkpoints")
+        shutil.rmtree(folder, ignore_errors=True)
+        row["checkpoints_dropped"] = not os.path.isdir(folder)
+
+
 def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[str], *, attempt: int = 1,
-                  timeout_s: float | None = None, cwd: str | None = None) -> dict:
+                  timeout_s: float | None = None, cwd: str | None = None, keep_checkpoints: bool = False) -> dict:
     """Run ``trial`` as ``python -m kbench.run`` and return its row (never raises for
     a failed run: the row says ``failed`` with the error and the end of the log).
 
@@ -73,6 +105,7 @@ def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[
         timeout_s: seconds before the run gets SIGTERM (it checkpoints and stops).
         cwd: working directory of the run (relative ``--data.root`` and such are read
             from there); ignored when it does not exist on this machine.
+        keep_checkpoints: keep a completed run's checkpoints (default: :func:`drop_checkpoints`).
 
     Raises:
         KeyboardInterrupt: the task was cancelled (Ctrl-C of the sweep): the run got
@@ -86,8 +119,11 @@ def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[
     log = os.path.join(out_dir, "logs", trial.id + (f".attempt{attempt}" if attempt > 1 else "") + ".log")
     done = compare_run.completed_run(root)
     if done:
-        row = compare_run.make_row(trial.backend, trial.seed, out_dir, done, 0, log, None, reused=True)
-        return trial_row(trial, row, attempt, None, started, out_dir)
+        row = trial_row(trial, compare_run.make_row(trial.backend, trial.seed, out_dir, done, 0, log, None,
+                                                    reused=True), attempt, None, started, out_dir)
+        if not keep_checkpoints:
+            drop_checkpoints(row, out_dir)
+        return row
     config = os.path.join(root, CONFIG_NAME)
     with open(config, "w") as f:
         f.write(config_text)
@@ -108,6 +144,8 @@ def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[
     run_dir = max(new, key=new.get) if new else None
     row = compare_run.make_row(trial.backend, trial.seed, out_dir, run_dir, finished.returncode, log, finished.wall_s)
     row = trial_row(trial, row, attempt, resume, started, out_dir)
+    if not keep_checkpoints:
+        drop_checkpoints(row, out_dir)
     if interrupted is not None:
         row["status"] = "interrupted"
         interrupted.row = row

@@ -85,3 +85,23 @@ def test_parse_helpers():
     assert de.parse_recipes("scratch, fine_tune") == ["scratch", "fine_tune"]
     with pytest.raises(SweepError):
         de.parse_recipes("")
+
+
+def test_study_refuses_options_it_sets_and_bad_options_before_running(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert cli.main(["data_efficiency", "--output", str(out), "--", "--data.max_train_per_class", "50"]) == 2
+    assert "the study sets data.max_train_per_class per trial" in capsys.readouterr().err
+    assert cli.main(["data_efficiency", "--output", str(out), "--sizes", "5", "--", "--recipe.nmae", "x"]) == 2
+    assert "are invalid" in capsys.readouterr().err and not (out / "trials").exists()
+
+
+def test_protocol_cut_is_named_at_the_top_of_the_report(tmp_path, capsys):
+    out = tmp_path / "study"
+    os.makedirs(out / "trials")
+    subproc.write_json(str(out / "trials" / store.ROWS_FILE), {"format": store.ROWS_FORMAT, "rows": _rows(),
+                                                               "sweep": {"name": "trials"}})
+    assert cli.main(["data_efficiency", "--output", str(out), "--sizes", "10,100,1000", "--report-only", "--",
+                     "--trainer.max_epochs", "1"]) == 0
+    lines = (out / "report.md").read_text().splitlines()
+    assert lines[0].startswith("# Study: data efficiency") and lines[2].startswith(
+        "**Protocol cut short:** `--trainer.max_epochs` was given")

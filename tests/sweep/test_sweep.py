@@ -237,3 +237,46 @@ def test_run_logged_interrupt_child_sends_sigint(tmp_path):
         subproc.run_logged([sys.executable, "-c", code], str(log), grace_s=20, new_session=True,
                            interrupt_child=True)
     assert e.value.finished.returncode == 7 and "got SIGINT" in log.read_text()
+
+
+def test_unreachable_address_is_refused_before_ray_starts(tmp_path):
+    from kbench.sweep.engine import check_address
+
+    check_address("auto")  # left to Ray
+    with pytest.raises(SweepError, match="no Ray cluster answers at '127.0.0.1:1'"):
+        check_address("127.0.0.1:1", timeout_s=2)
+
+
+def test_sweep_file_overrides_as_one_string(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("config: c.yaml\noverrides: --data.root 'my data' --recipe.epochs 2\n")
+    assert load_sweep_file(str(f))["overrides"] == ["--data.root", "my data", "--recipe.epochs", "2"]
+
+
+def test_error_line_completed_from_the_wrapped_log(tmp_path):
+    from kbench.sweep.trial import whole_error
+
+    log = tmp_path / "t.log"
+    log.write_text("$ cmd\nloading\nerror: not enough disk space in '/x' for checkpoints: 89 MiB free; free some\n"
+                   "space or set --trainer.default_root_dir elsewhere\n")
+    error = "exit code 2: error: not enough disk space in '/x' for checkpoints: 89 MiB free; free some\n--- last"
+    assert whole_error(error, str(log)) == ("exit code 2: error: not enough disk space in '/x' for checkpoints: "
+                                            "89 MiB free; free some space or set --trainer.default_root_dir "
+                                            "elsewhere\n--- last")
+    assert whole_error("other\n--- last", str(log)) == "other\n--- last"
+
+
+def test_completed_trials_drop_their_checkpoints(tmp_path, capsys):
+    from kbench.sweep.trial import drop_checkpoints
+
+    (tmp_path / "runs" / "t" / "r" / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    row = {"status": "interrupted", "run_dir": "runs/t/r"}
+    drop_checkpoints(row, str(tmp_path))
+    assert (tmp_path / "runs/t/r/checkpoints").is_dir() and "checkpoints_dropped" not in row
+    row["status"] = "completed"
+    drop_checkpoints(row, str(tmp_path))
+    assert not (tmp_path / "runs/t/r/checkpoints").exists() and row["checkpoints_dropped"]
+    cli.show_row({"trial": "t", "status": "failed", "wall_time_s": 6.8, "log": "logs/t.log",
+                  "error": "exit code 2: error: pip install -e '.[jax]'\n--- last lines"}, 1, 2)
+    assert "[1/2] t: failed after 6.8 s: exit code 2: error: pip install -e '.[jax]' (log: logs/t.log)" in \
+        capsys.readouterr().out

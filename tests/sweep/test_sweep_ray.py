@@ -110,6 +110,7 @@ def test_grid_on_two_backends_survives_killing_the_driver(cifar_dir, tmp_path):
         assert r["results"]["batch_size"] == r["point"]["data.batch_size"]
         assert [m["epoch"] for m in r["metrics"]] == list(range(1, r["point"]["recipe.epochs"] + 1))
         assert 0.0 <= r["results"]["test_accuracy"] <= 1.0 and r["attempt"] == 1
+        assert r["checkpoints_dropped"] and not (out / r["run_dir"] / "checkpoints").exists()
     md = (out / "sweep.md").read_text()
     assert "| 2 | 16 | torch | 2/2 |" in md
 
@@ -135,3 +136,25 @@ def test_a_failing_trial_is_reported_and_retried_on_request(cifar_dir, tmp_path)
     rows2 = json.loads((out / "rows.json").read_text())["rows"]
     assert rows2[0] == ok and rows2[1]["attempt"] == 2 and rows2[1]["status"] == "failed"
     assert (out / "logs" / f"{bad['trial']}.attempt2.log").is_file()
+
+
+def test_ctrl_c_stops_running_trials_at_a_checkpoint(cifar_dir, tmp_path):
+    """SIGINT to the driver: the running trial gets SIGINT through Ray's cancel (its worker
+    blocks SIGINT; the run must not inherit that), checkpoints, and the sweep exits 130
+    with the trial stored as interrupted."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.format(root=cifar_dir))
+    out = tmp_path / "sweep"
+    cmd = _sweep(cfg, out, "--grid", "recipe.epochs=[200]", "--backends", "torch")
+    driver = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("runs/*/*/checkpoints/epoch-*")):
+        time.sleep(0.2)
+    assert list(out.glob("runs/*/*/checkpoints/epoch-*")), "no checkpoint was written"
+    driver.send_signal(signal.SIGINT)
+    text, _ = driver.communicate(timeout=90)
+    assert driver.returncode == 130, text[-3000:]
+    row = json.loads((out / "rows.json").read_text())["rows"][0]
+    assert row["status"] == "interrupted" and row["exit_code"] == 130 and "SIGINT" in row["error"]
+    assert (out / row["run_dir"] / "checkpoints").is_dir() and _kbench_runs(out) == []
