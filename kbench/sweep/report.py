@@ -60,10 +60,12 @@ def group(rows: Sequence[dict], keys: Sequence[str], metrics: dict[str, Callable
 
 
 def pm(stat: dict, spec: str = ".4f") -> str:
-    """``mean ± std (n=k)`` of a :func:`stats` dict ("-" when empty)."""
+    """``mean ± std (n=k)`` of a :func:`stats` dict (``mean (n=1)`` for one value, "-" when empty)."""
     if not stat or stat.get("mean") is None:
         return "-"
-    return f"{fmt(stat['mean'], spec)} ± {fmt(stat['std'], spec)}" + (f" (n={stat['n']})" if stat["n"] != 1 else "")
+    if stat["n"] == 1:  # no spread to show: one value is not "± 0"
+        return f"{fmt(stat['mean'], spec)} (n=1)"
+    return f"{fmt(stat['mean'], spec)} ± {fmt(stat['std'], spec)} (n={stat['n']})"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

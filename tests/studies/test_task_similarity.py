@@ -166,6 +166,6 @@ def test_run_report_only_writes_report_and_plot(tmp_path):
     assert (tmp_path / "task_similarity.png").stat().st_size > 1000
     assert [s for s, _, _ in ctx.swept] == ["pretrain", "transfer"]
     assert ctx.swept[0][2]["seeds"] == [0] and ctx.swept[0][2]["backends"] == ["tensorflow"]
-    assert "| different | scratch | tensorflow | 1/2 | 0.4500 ± 0.0000 | 30 ± 0 |" in text
+    assert "| different | scratch | tensorflow | 1/2 | 0.4500 (n=1) | 30 (n=1) |" in text
     assert "test top-1 on A's test images: 0.5500" in text and "claim's direction holds" in text
     assert not (tmp_path / "export").exists()  # report-only exports nothing
