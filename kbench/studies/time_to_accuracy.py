@@ -231,11 +231,9 @@ def _plot(groups: list[dict], target: float | None, out: str) -> str:
 
 
 def run(ctx: StudyContext, args: argparse.Namespace) -> str:
-    """Run (or, with ``ctx.report_only``, reread) the trials and write ``report.md`` and the
-    PNG plot under ``ctx.out``; returns the report's path.
-
-    Raises:
-        SweepError: a bad option value (named in the message), or what :meth:`StudyContext.sweep` raises.
+    """The study: its recipe x seed trials (reread with ``ctx.report_only``), then ``report.md``
+    with the two-panel PNG under ``ctx.out``. Returns the report's path. Raises SweepError
+    for a bad ``--recipes`` / ``--target`` / ``--size`` and whatever :meth:`StudyContext.sweep` raises.
     """
     recipes, (kind, x) = parse_recipes(args.recipes), parse_target(args.target)
     if args.size < 1:
