@@ -23,6 +23,7 @@ import importlib
 import os
 import sys
 
+from kbench import subproc
 from kbench.studies.common import StudyContext
 from kbench.sweep.cli import default_backend
 from kbench.sweep.spec import SweepError, parse_backends, parse_seeds
@@ -83,10 +84,26 @@ def context(args: argparse.Namespace) -> StudyContext:
                         list(args.overrides), args.image_size, opts, report_only=args.report_only)
 
 
+def stored_options(args: argparse.Namespace) -> argparse.Namespace:
+    """A run stores its options in ``OUT/study.json``; ``--report-only`` takes them from
+    there (the report describes what ran, not today's defaults); a folder without one
+    (written before kbench stored it) is read with the options given."""
+    path = os.path.join(args.output, "study.json")
+    if args.report_only:
+        stored = subproc.read_json(path)
+        if isinstance(stored, dict) and stored.get("study") == args.study:
+            return argparse.Namespace(**{**stored, "output": args.output, "report_only": True})
+        return args
+    os.makedirs(args.output, exist_ok=True)
+    subproc.write_json(path, {k: v for k, v in vars(args).items() if k not in ("output", "report_only")})
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     mod = study_module(args.study)
     try:
+        args = stored_options(args)
         ctx = context(args)
         path = mod.run(ctx, args)
     except SweepError as e:

@@ -110,6 +110,9 @@ def parse_grid(text: str) -> tuple[str, list]:
         values = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise SweepError(f"--grid {text!r}: the values are not valid YAML ({e.problem}); write them as [a,b,c]") from None
+    if isinstance(values, str) and "," in values and not raw.strip().startswith(("'", '"')):
+        raise SweepError(f"--grid {text!r}: several values go in brackets: --grid '{key}=[{values}]' "
+                         "(quote the value to mean one string with a comma)")
     values = values if isinstance(values, list) else [values]
     if not values:
         raise SweepError(f"--grid {text!r}: the list of values is empty; give at least one value")

@@ -144,6 +144,9 @@ def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[
     run_dir = max(new, key=new.get) if new else None
     row = compare_run.make_row(trial.backend, trial.seed, out_dir, run_dir, finished.returncode, log, finished.wall_s)
     row = trial_row(trial, row, attempt, resume, started, out_dir)
+    if finished.timed_out and row["status"] != "completed":  # kept as failed: not resumed into the limit again
+        row.update(status="failed", error=f"timed out after --timeout {timeout_s:g} s (checkpointed; --retry-failed "
+                                          f"resumes it, with a larger --timeout)\n{row.get('error') or ''}")
     if not keep_checkpoints:
         drop_checkpoints(row, out_dir)
     if interrupted is not None:

@@ -65,6 +65,13 @@ def test_report_only_from_stored_rows(tmp_path, capsys):
     assert "| fine_tune | tensorflow | 10 | 2/2 | 0.3500 ± 0.0141 (n=2) | 15 ± 7 (n=2) |" in md
     assert "- 10 images/class: fine_tune 0.3500 vs scratch 0.1100 (+24.0 points)" in md
     assert "fine_tune at 10/class: 30+20" in md and (out / "data_efficiency.png").stat().st_size > 10_000
+    # a run stores its options; --report-only then describes what ran, not today's defaults
+    args = cli.build_parser().parse_args(["data_efficiency", "--output", str(out), "--sizes", "10,100,1000",
+                                          "--seeds", "2", "--backends", "tensorflow"])
+    cli.stored_options(args)
+    assert cli.main(["data_efficiency", "--output", str(out), "--report-only"]) == 0
+    md = (out / "report.md").read_text()
+    assert "- 1000 images/class: fine_tune 0.7100 vs scratch 0.7000 (+1.0 points)" in md and "seeds [0, 1]" in md
 
 
 @pytest.mark.parametrize("args, words", [

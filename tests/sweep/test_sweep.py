@@ -42,7 +42,7 @@ def test_parse_grid_reads_yaml_values():
 @pytest.mark.parametrize("text, words", [
     ("recipe.name", "expected KEY=[v1,v2"), ("recipe.name=[]", "list of values is empty"),
     ("trainer.seed=[1,2]", "use --seeds"), ("Recipe=[1]", "is not a config key"),
-    ("recipe.name=[a", "not valid YAML"),
+    ("recipe.name=[a", "not valid YAML"), ("recipe.name=a,b", "several values go in brackets"),
 ])
 def test_parse_grid_refuses(text, words):
     with pytest.raises(SweepError, match=words.replace("[", r"\[")):
@@ -280,3 +280,14 @@ def test_completed_trials_drop_their_checkpoints(tmp_path, capsys):
                   "error": "exit code 2: error: pip install -e '.[jax]'\n--- last lines"}, 1, 2)
     assert "[1/2] t: failed after 6.8 s: exit code 2: error: pip install -e '.[jax]' (log: logs/t.log)" in \
         capsys.readouterr().out
+
+
+def test_a_trial_past_its_timeout_is_failed_not_resumed_forever(tmp_path):
+    """--timeout: the run gets SIGTERM; its row is ``failed`` with the reason (a plain
+    rerun keeps it; --retry-failed resumes it), not ``interrupted`` (rerun into the limit)."""
+    from kbench.sweep.trial import execute_trial
+
+    trial = Trial(os.environ.get("KERAS_BACKEND", "torch"), 0, {"recipe.epochs": 1}, "s")
+    row = execute_trial(trial, str(tmp_path), "data:\n  root: /nonexistent\n", [], timeout_s=0.5)
+    assert row["status"] == "failed" and row["error"].startswith("timed out after --timeout 0.5 s")
+    assert row["trial"] == trial.id and row["attempt"] == 1 and (tmp_path / "logs" / f"{trial.id}.log").is_file()
