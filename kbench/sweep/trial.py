@@ -92,6 +92,12 @@ def drop_checkpoints(row: dict, out_dir: str) -> None:
         row["checkpoints_dropped"] = not os.path.isdir(folder)
 
 
+def timed_out(row: dict, timeout_s: float) -> None:
+    """Mark a run stopped by ``--timeout`` as ``failed`` with the reason in front."""
+    row.update(status="failed", error=f"timed out after --timeout {timeout_s:g} s (checkpointed; --retry-failed "
+                                      f"resumes it, with a larger --timeout)\n{row.get('error') or ''}")
+
+
 def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[str], *, attempt: int = 1,
                   timeout_s: float | None = None, cwd: str | None = None, keep_checkpoints: bool = False) -> dict:
     """Run ``trial`` as ``python -m kbench.run`` and return its row (never raises for
@@ -145,8 +151,7 @@ def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[
     row = compare_run.make_row(trial.backend, trial.seed, out_dir, run_dir, finished.returncode, log, finished.wall_s)
     row = trial_row(trial, row, attempt, resume, started, out_dir)
     if finished.timed_out and row["status"] != "completed":  # kept as failed: not resumed into the limit again
-        row.update(status="failed", error=f"timed out after --timeout {timeout_s:g} s (checkpointed; --retry-failed "
-                                          f"resumes it, with a larger --timeout)\n{row.get('error') or ''}")
+        timed_out(row, timeout_s)
     if not keep_checkpoints:
         drop_checkpoints(row, out_dir)
     if interrupted is not None:
