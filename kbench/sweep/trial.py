@@ -109,8 +109,7 @@ def execute_trial(trial: Trial, out_dir: str, config_text: str, overrides: list[
         overrides: ``kbench.run`` options of the whole sweep, before the trial's own.
         attempt: 1 for the first run of this trial, 2 after one retry, ...
         timeout_s: seconds before the run gets SIGTERM (it checkpoints and stops).
-        cwd: working directory of the run (relative ``--data.root`` and such are read
-            from there); ignored when it does not exist on this machine.
+        cwd: working directory of the run (relative paths); ignored if not on this machine.
         keep_checkpoints: keep a completed run's checkpoints (default: :func:`drop_checkpoints`).
 
     Raises:
