@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from marks import slow_on
 
 from kbench import BACKENDS, subproc
 from kbench.host import is_installed
@@ -215,6 +216,7 @@ def test_parents_check_arguments_without_keras(only_backend, tmp_path):
         assert r.returncode == 2 and needle in text and "Traceback" not in text, (args, text[-2000:])
 
 
+@slow_on("jax")  # CI time: 30-33 s on JAX; in CI on tensorflow and torch
 def test_bench_runs_with_a_single_backend_installed(only_backend, tmp_path):
     """The issue's command (there with torch), --output added, in a venv with only this backend."""
     run, backend = only_backend
@@ -228,6 +230,7 @@ def test_bench_runs_with_a_single_backend_installed(only_backend, tmp_path):
     assert data["backends"][backend]["versions"][backend]
 
 
+@slow_on("jax")  # CI time: 30-33 s on JAX; in CI on tensorflow and torch
 def test_parity_runs_with_a_single_backend_installed(only_backend, tmp_path):
     """The installed backend runs; another one is reported as not installed, and its pair fails."""
     run, backend = only_backend
