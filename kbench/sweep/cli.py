@@ -43,6 +43,7 @@ from kbench.sweep import engine, report, store
 from kbench.sweep.spec import (
     Sweep,
     SweepError,
+    Trial,
     combine_points,
     load_sweep_file,
     parse_backends,
@@ -113,7 +114,7 @@ def check_trials(sweep: Sweep) -> None:
     """
     from kbench.config import parse
 
-    for t in sweep.trials()[:len(sweep.points)] if sweep.seeds else []:
+    for t in (Trial("", 0, p) for p in sweep.points):  # every point once (seed and backend do not matter here)
         try:
             parse(["--config", sweep.config, *sweep.overrides, *t.overrides()])
         except SystemExit as e:

@@ -101,7 +101,7 @@ def check_resources(ray, cpus: float, gpus: float) -> None:
                          "lower --cpus-per-trial / --gpus-per-trial")
 
 
-def _ray_error_row(ray, trial: Trial, attempt: int, error: Exception) -> dict:
+def _ray_error_row(trial: Trial, attempt: int, error: Exception) -> dict:
     """A ``failed`` row for a task Ray could not complete (worker or node lost)."""
     row = store.pending_row(trial)
     row.update(status="failed", attempt=attempt, error=f"Ray: {type(error).__name__}: {str(error).splitlines()[0]}")
@@ -170,7 +170,7 @@ def _store(ray, ref, refs: dict, out_dir: str, sweep: Sweep, stored: dict) -> di
     except ray.exceptions.TaskCancelledError:
         row = None
     except ray.exceptions.RayError as e:
-        row = _ray_error_row(ray, trial, attempt, e)
+        row = _ray_error_row(trial, attempt, e)
     if row is not None:
         stored[row["trial"]] = row
         store.save_row(out_dir, row)
